@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Map contract between the BPF programs and pkg/maps. Go types are generated
+ * from these structs by bpf2go (-type), so change them only together with a
+ * map name version bump (the _v1 suffix). */
+#ifndef SOCKLB_H
+#define SOCKLB_H
+
+#include <linux/types.h>
+
+/* Slots of one service are split in two halves so that a new backend set can
+ * be written next to the live one and published by replacing slot 0 alone. */
+#define SOCKLB_SLOT_HALF 0x8000
+#define SOCKLB_MAX_BACKENDS_PER_SVC (SOCKLB_SLOT_HALF - 1)
+
+/* Attempts to read a consistent {entry, slot, backend} triple while the agent
+ * is republishing the service under our feet. */
+#define SOCKLB_LOOKUP_ATTEMPTS 3
+
+enum socklb_svc_flags {
+	SOCKLB_SVC_F_NONE = 0,
+};
+
+/* Key of the service map. slot 0 holds the service entry, slots
+ * base+1..base+count hold the ids of its backends. */
+struct svc_key {
+	__be32 vip;   /* service address, network order */
+	__be16 port;  /* service port, network order */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 scope;   /* reserved for traffic-policy scopes; 0 today */
+	__u16 slot;   /* 0 = service entry, >0 = backend slot */
+	__u8 pad[2];
+};
+
+/* Value of the service map; which fields are meaningful depends on the slot. */
+struct svc_value {
+	__u32 backend_id; /* backend slots: id in the backend map */
+	__u16 count;      /* slot 0: number of backends, 0 = refuse */
+	__u16 base;       /* slot 0: 0 or SOCKLB_SLOT_HALF, the live half */
+	__u32 rev_nat_id; /* slot 0: frontend id, keys the counters */
+	__u16 flags;      /* slot 0: enum socklb_svc_flags */
+	__u8 pad[2];
+};
+
+/* Value of the backend map, keyed by a __u32 backend id. */
+struct backend {
+	__be32 addr; /* network order */
+	__be16 port; /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Per-CPU counters of one frontend, keyed by its rev_nat_id. */
+struct svc_counters {
+	__u64 connects; /* connects and sends rewritten to a backend */
+	__u64 refused;  /* connects refused: no backend to pick */
+};
+
+#endif /* SOCKLB_H */

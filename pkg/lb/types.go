@@ -1,0 +1,96 @@
+// Package lb is socklb's pure model: it turns Kubernetes Services and
+// EndpointSlices into the desired load-balancing state (frontends, each with
+// its ordered backends). It makes no syscalls and reads no clocks; its output
+// is sorted so that the same input always gives the same state.
+package lb
+
+import (
+	"fmt"
+	"net/netip"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Proto is an IP protocol number as the kernel uses it.
+type Proto uint8
+
+// Protocols socklb load-balances.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	default:
+		return fmt.Sprintf("proto(%d)", uint8(p))
+	}
+}
+
+// Frontend is the address a client connects to: a service IP, port and protocol.
+type Frontend struct {
+	Addr  netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (f Frontend) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(f.Addr, f.Port), f.Proto)
+}
+
+// Compare orders frontends by address, then port, then protocol.
+func (f Frontend) Compare(o Frontend) int {
+	if c := f.Addr.Compare(o.Addr); c != 0 {
+		return c
+	}
+	if f.Port != o.Port {
+		return cmpInt(int(f.Port), int(o.Port))
+	}
+	return cmpInt(int(f.Proto), int(o.Proto))
+}
+
+// Backend is one endpoint address and target port a frontend balances over.
+type Backend struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+func (b Backend) String() string { return netip.AddrPortFrom(b.Addr, b.Port).String() }
+
+// Compare orders backends by address, then port.
+func (b Backend) Compare(o Backend) int {
+	if c := b.Addr.Compare(o.Addr); c != 0 {
+		return c
+	}
+	return cmpInt(int(b.Port), int(o.Port))
+}
+
+// Service is the desired state of one frontend.
+type Service struct {
+	Frontend Frontend
+	// Name is the Service this frontend belongs to.
+	Name types.NamespacedName
+	// PortName is the name of the Service port ("" for a single unnamed port).
+	PortName string
+	// Backends are sorted and unique. Empty means connects are refused.
+	Backends []Backend
+}
+
+// State is the complete desired state, sorted by frontend.
+type State struct {
+	Services []Service
+}
+
+func cmpInt(a, b int) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
