@@ -37,6 +37,11 @@ type BpfSvcKey struct {
 	Pad   [2]uint8
 }
 
+type BpfSvcName struct {
+	_    structs.HostLayout
+	Name [128]int8
+}
+
 type BpfSvcValue struct {
 	_         structs.HostLayout
 	BackendId uint32
@@ -53,6 +58,7 @@ type BpfSvcValue struct {
 const (
 	BpfMapSocklbBeV1    = "socklb_be_v1"
 	BpfMapSocklbCntV1   = "socklb_cnt_v1"
+	BpfMapSocklbNameV1  = "socklb_name_v1"
 	BpfMapSocklbSvcV1   = "socklb_svc_v1"
 	BpfProgSock4Connect = "sock4_connect"
 )
@@ -106,9 +112,10 @@ type BpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfMapSpecs struct {
-	SocklbBeV1  *ebpf.MapSpec `ebpf:"socklb_be_v1"`
-	SocklbCntV1 *ebpf.MapSpec `ebpf:"socklb_cnt_v1"`
-	SocklbSvcV1 *ebpf.MapSpec `ebpf:"socklb_svc_v1"`
+	SocklbBeV1   *ebpf.MapSpec `ebpf:"socklb_be_v1"`
+	SocklbCntV1  *ebpf.MapSpec `ebpf:"socklb_cnt_v1"`
+	SocklbNameV1 *ebpf.MapSpec `ebpf:"socklb_name_v1"`
+	SocklbSvcV1  *ebpf.MapSpec `ebpf:"socklb_svc_v1"`
 }
 
 // BpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -137,15 +144,17 @@ func (o *BpfObjects) Close() error {
 //
 // It can be passed to LoadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfMaps struct {
-	SocklbBeV1  *ebpf.Map `ebpf:"socklb_be_v1"`
-	SocklbCntV1 *ebpf.Map `ebpf:"socklb_cnt_v1"`
-	SocklbSvcV1 *ebpf.Map `ebpf:"socklb_svc_v1"`
+	SocklbBeV1   *ebpf.Map `ebpf:"socklb_be_v1"`
+	SocklbCntV1  *ebpf.Map `ebpf:"socklb_cnt_v1"`
+	SocklbNameV1 *ebpf.Map `ebpf:"socklb_name_v1"`
+	SocklbSvcV1  *ebpf.Map `ebpf:"socklb_svc_v1"`
 }
 
 func (m *BpfMaps) Close() error {
 	return _BpfClose(
 		m.SocklbBeV1,
 		m.SocklbCntV1,
+		m.SocklbNameV1,
 		m.SocklbSvcV1,
 	)
 }

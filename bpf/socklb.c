@@ -41,6 +41,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } socklb_cnt_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct svc_name);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} socklb_name_v1 SEC(".maps");
+
 static __always_inline void lb_count(__u32 rev_nat_id, int refused)
 {
 	struct svc_counters *c = bpf_map_lookup_elem(&socklb_cnt_v1, &rev_nat_id);

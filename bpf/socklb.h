@@ -55,4 +55,12 @@ struct svc_counters {
 	__u64 refused;  /* connects refused: no backend to pick */
 };
 
+/* Name of a frontend ("namespace/name:port"), keyed by its rev_nat_id. The
+ * programs never read it; it is there so that `agent inspect` and bpftool can
+ * say which Service an entry belongs to without asking the agent. */
+#define SOCKLB_NAME_LEN 128
+struct svc_name {
+	char name[SOCKLB_NAME_LEN];
+};
+
 #endif /* SOCKLB_H */

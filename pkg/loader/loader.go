@@ -1,0 +1,343 @@
+// Package loader puts socklb's BPF programs into the kernel and keeps them
+// there: it pins the maps and the cgroup links under one bpffs directory,
+// and on the next start reuses those pins, replacing the programs in place
+// through the pinned links, so traffic never stops while the agent restarts
+// or upgrades. Only Cleanup detaches and unpins.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/socklb/socklb"
+)
+
+// DefaultBPFFSPath is where the agent pins its maps and links.
+const DefaultBPFFSPath = "/sys/fs/bpf/socklb"
+
+// linkPrefix starts the name of every pinned link file.
+const linkPrefix = "link_"
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotBPFFS: the pin directory is not on a bpf filesystem.
+	ErrNotBPFFS = errors.New("not on a bpf filesystem")
+	// ErrNotPinned: there is nothing pinned at the bpffs path.
+	ErrNotPinned = errors.New("no socklb maps pinned")
+	// ErrCgroupMismatch: a pinned link belongs to another cgroup.
+	ErrCgroupMismatch = errors.New("pinned link is attached to another cgroup")
+)
+
+// Options say where to pin and where to attach.
+type Options struct {
+	// BPFFSPath is the pin directory; it must be on bpffs.
+	BPFFSPath string
+	// CgroupPath is the cgroup v2 directory the programs attach to.
+	CgroupPath string
+	// MaxServiceEntries overrides the service map size when non-zero
+	// (frontends plus two halves of backend slots each).
+	MaxServiceEntries uint32
+	// MaxBackends overrides the backend map size when non-zero.
+	MaxBackends uint32
+	Logger      *slog.Logger
+}
+
+// Datapath holds the loaded maps and attached links of a running agent.
+// Closing it releases this process's handles; the pins keep everything in
+// the kernel.
+type Datapath struct {
+	Maps  socklb.BpfMaps
+	links []link.Link
+}
+
+// Close releases the handles without detaching anything.
+func (d *Datapath) Close() error {
+	errs := []error{d.Maps.Close()}
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Load loads the programs, pins (or reuses) the maps and attaches every
+// program to the cgroup, replacing the program of an existing pinned link
+// in one step so that the hook is never empty.
+func Load(opts Options) (dp *Datapath, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := prepareDir(opts.BPFFSPath); err != nil {
+		return nil, err
+	}
+	cgroupID, err := cgroupID(opts.CgroupPath)
+	if err != nil {
+		return nil, err
+	}
+
+	spec, err := socklb.LoadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("read bpf objects: %w", err)
+	}
+	if opts.MaxServiceEntries != 0 {
+		spec.Maps[socklb.BpfMapSocklbSvcV1].MaxEntries = opts.MaxServiceEntries
+	}
+	if opts.MaxBackends != 0 {
+		spec.Maps[socklb.BpfMapSocklbBeV1].MaxEntries = opts.MaxBackends
+	}
+	reused := pinnedNames(opts.BPFFSPath, spec)
+
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: opts.BPFFSPath},
+	})
+	if err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load bpf objects: a map pinned under %s has another layout (run `agent cleanup` or move to a new map version): %w", opts.BPFFSPath, err)
+		}
+		return nil, fmt.Errorf("load bpf objects: %+v", err)
+	}
+	// The programs are only needed until the links hold them.
+	defer coll.Close()
+	dp = &Datapath{}
+	if err := coll.Assign(&dp.Maps); err != nil {
+		return nil, fmt.Errorf("assign maps: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, dp.Close())
+		}
+	}()
+	log.Info("maps ready", "bpffs", opts.BPFFSPath, "reused", reused)
+
+	names := slices.Sorted(maps.Keys(coll.Programs))
+	for _, name := range names {
+		ps := spec.Programs[name]
+		l, replaced, err := attach(opts.BPFFSPath, opts.CgroupPath, cgroupID, name, ps.AttachType, coll.Programs[name])
+		if err != nil {
+			return nil, err
+		}
+		dp.links = append(dp.links, l)
+		log.Info("program attached", "program", name, "hook", ps.SectionName,
+			"cgroup", opts.CgroupPath, "replaced_in_place", replaced)
+	}
+	return dp, nil
+}
+
+// attach reuses the pinned link of name if there is one, swapping its
+// program atomically, or creates and pins a new link.
+func attach(dir, cgroupPath string, cgroupID uint64, name string, at ebpf.AttachType, prog *ebpf.Program) (link.Link, bool, error) {
+	pin := filepath.Join(dir, linkPrefix+name)
+	l, err := link.LoadPinnedLink(pin, nil)
+	switch {
+	case err == nil:
+		info, err := l.Info()
+		if err != nil {
+			l.Close()
+			return nil, false, fmt.Errorf("read pinned link %s: %w", pin, err)
+		}
+		if cg := info.Cgroup(); cg == nil || cg.CgroupId != cgroupID {
+			l.Close()
+			return nil, false, fmt.Errorf("%s: %w (want %s)", pin, ErrCgroupMismatch, cgroupPath)
+		}
+		if err := l.Update(prog); err != nil {
+			l.Close()
+			return nil, false, fmt.Errorf("replace program of %s: %w", pin, err)
+		}
+		return l, true, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, false, fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})
+	if err != nil {
+		return nil, false, fmt.Errorf("attach %s to %s: %w", name, cgroupPath, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		// Without the pin the link would die with this process.
+		return nil, false, errors.Join(fmt.Errorf("pin link %s: %w", pin, err), l.Close())
+	}
+	return l, false, nil
+}
+
+// OpenPinnedMaps opens the maps pinned under dir, for inspection.
+func OpenPinnedMaps(dir string) (*socklb.BpfMaps, error) {
+	spec, err := socklb.LoadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("read bpf objects: %w", err)
+	}
+	var m socklb.BpfMaps
+	opened := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, name), ErrNotPinned)
+			}
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		opened[name] = mp
+	}
+	m.SocklbSvcV1 = opened[socklb.BpfMapSocklbSvcV1]
+	m.SocklbBeV1 = opened[socklb.BpfMapSocklbBeV1]
+	m.SocklbCntV1 = opened[socklb.BpfMapSocklbCntV1]
+	m.SocklbNameV1 = opened[socklb.BpfMapSocklbNameV1]
+	return &m, nil
+}
+
+// Cleanup detaches every pinned link under dir and unpins every map, then
+// removes dir. What is not there is skipped, so Cleanup can be rerun.
+func Cleanup(dir string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		log.Info("nothing to clean up", "bpffs", dir)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	spec, err := socklb.LoadBpf()
+	if err != nil {
+		return fmt.Errorf("read bpf objects: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		switch {
+		case strings.HasPrefix(e.Name(), linkPrefix):
+			if err := detachPinned(p); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			log.Info("detached", "link", p)
+		case spec.Maps[e.Name()] != nil || strings.HasPrefix(e.Name(), "socklb_"):
+			if err := os.Remove(p); err != nil {
+				errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
+				continue
+			}
+			log.Info("unpinned", "map", p)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("cleanup %s: %w", dir, err)
+	}
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("cleanup: remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+func detachPinned(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	defer l.Close()
+	// Detach works while other processes still hold the link, unlike
+	// unpinning alone.
+	if err := l.Detach(); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("detach %s: %w", pin, err)
+	}
+	if err := l.Unpin(); err != nil {
+		return fmt.Errorf("unpin %s: %w", pin, err)
+	}
+	return nil
+}
+
+// prepareDir makes sure dir exists on bpffs with mode 0700, so pins are
+// not reachable by other users.
+func prepareDir(dir string) error {
+	if dir == "" {
+		return errors.New("empty bpffs path")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restrict pin directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s: %w (mount one with `mount -t bpf bpf /sys/fs/bpf`)", dir, ErrNotBPFFS)
+	}
+	return nil
+}
+
+func pinnedNames(dir string, spec *ebpf.CollectionSpec) []string {
+	var names []string
+	for name := range spec.Maps {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// cgroupID is the inode number of a cgroup v2 directory, which is what the
+// kernel reports as the cgroup id of a link.
+func cgroupID(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return 0, fmt.Errorf("%s is not a cgroup v2 directory", path)
+	}
+	var s unix.Stat_t
+	if err := unix.Stat(path, &s); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	return s.Ino, nil
+}
+
+// Cgroup2Mount returns where cgroup v2 is mounted, from /proc/mounts.
+func Cgroup2Mount() (string, error) {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[2] == "cgroup2" {
+			return f[1], nil
+		}
+	}
+	return "", errors.New("find cgroup2 mount: cgroup2 is not mounted")
+}
+
+// EnsureBPFFS mounts a bpf filesystem at mountpoint unless one is there.
+func EnsureBPFFS(mountpoint string) (mounted bool, err error) {
+	if err := os.MkdirAll(mountpoint, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", mountpoint, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(mountpoint, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", mountpoint, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return false, nil
+	}
+	if err := unix.Mount("bpf", mountpoint, "bpf", 0, "mode=0700"); err != nil {
+		return false, fmt.Errorf("mount bpffs at %s: %w", mountpoint, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,212 @@
+package maps
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/socklb/socklb"
+)
+
+var (
+	vip = Frontend{Addr: netip.MustParseAddr("198.19.0.10"), Port: 80, Proto: ProtoTCP}
+	be1 = Backend{Addr: netip.MustParseAddr("198.18.0.1"), Port: 8080, Proto: ProtoTCP}
+	be2 = Backend{Addr: netip.MustParseAddr("198.18.0.2"), Port: 8080, Proto: ProtoTCP}
+	be3 = Backend{Addr: netip.MustParseAddr("198.18.0.3"), Port: 8081, Proto: ProtoTCP}
+)
+
+func TestByteOrderMatchesNetworkOrder(t *testing.T) {
+	k, err := frontendKey(vip, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := k.Vip
+	// In memory the C struct holds the address bytes in network order.
+	raw := [4]byte{byte(b), byte(b >> 8), byte(b >> 16), byte(b >> 24)}
+	if raw != [4]byte{198, 19, 0, 10} {
+		t.Errorf("vip bytes = %v, want 198.19.0.10 in network order", raw)
+	}
+	if p := k.Port; [2]byte{byte(p), byte(p >> 8)} != [2]byte{0, 80} {
+		t.Errorf("port bytes = %v, want [0 80]", [2]byte{byte(p), byte(p >> 8)})
+	}
+	if got := keyFrontend(k); got != vip {
+		t.Errorf("round trip = %v, want %v", got, vip)
+	}
+}
+
+func mustPublish(t *testing.T, m Maps, s Service) {
+	t.Helper()
+	if err := m.PublishService(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func backendsOf(t *testing.T, f *Fake, fe Frontend) []Backend {
+	t.Helper()
+	svcs, err := f.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bes, _ := f.Backends()
+	for _, s := range svcs {
+		if s.Frontend == fe {
+			var out []Backend
+			for _, id := range s.Backends {
+				out = append(out, bes[id])
+			}
+			return out
+		}
+	}
+	t.Fatalf("%s not published", fe)
+	return nil
+}
+
+func TestPublishNeverShowsAMixedOrBrokenSet(t *testing.T) {
+	f := NewFake()
+	for i, b := range []Backend{be1, be2, be3} {
+		if err := f.UpsertBackend(BackendID(i+1), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sets := [][]BackendID{{1, 2}, {3}, {1, 2, 3}, {}, {2}}
+	// After every element write, a reader sees exactly one whole set.
+	prev := []BackendID(nil)
+	for _, set := range sets {
+		f.OnWrite(func() {
+			if err := f.CheckConsistent(); err != nil {
+				t.Fatalf("inconsistent intermediate state: %v", err)
+			}
+			svcs, _ := f.Services()
+			if len(svcs) == 1 {
+				got := svcs[0].Backends
+				if !equalIDs(got, prev) && !equalIDs(got, set) {
+					t.Fatalf("reader saw %v, neither old %v nor new %v", got, prev, set)
+				}
+			}
+		})
+		mustPublish(t, f, Service{Frontend: vip, RevNATID: 7, Name: "ns/web:http", Backends: set})
+		f.OnWrite(nil)
+		prev = set
+		svcs, _ := f.Services()
+		if !equalIDs(svcs[0].Backends, set) {
+			t.Fatalf("published %v, maps hold %v", set, svcs[0].Backends)
+		}
+		if n, _ := f.Prune(); n != 0 {
+			t.Errorf("publish left %d stale slots", n)
+		}
+	}
+}
+
+func equalIDs(a, b []BackendID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestLookupAndCounters(t *testing.T) {
+	f := NewFake()
+	_ = f.UpsertBackend(1, be1)
+	_ = f.UpsertBackend(2, be2)
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 3, Name: "ns/web", Backends: []BackendID{1, 2}})
+	empty := Frontend{Addr: netip.MustParseAddr("198.19.0.11"), Port: 53, Proto: ProtoUDP}
+	mustPublish(t, f, Service{Frontend: empty, RevNATID: 4, Name: "ns/empty"})
+
+	seen := map[Backend]int{}
+	for n := range uint32(10) {
+		b, ok, err := f.Lookup(vip, n)
+		if err != nil || !ok {
+			t.Fatalf("lookup: %v %v", ok, err)
+		}
+		seen[b]++
+	}
+	if seen[be1] != 5 || seen[be2] != 5 {
+		t.Errorf("slots not used evenly: %v", seen)
+	}
+	if _, ok, err := f.Lookup(empty, 0); !ok || !errors.Is(err, ErrNoBackend) {
+		t.Errorf("empty service: ok=%v err=%v, want refused", ok, err)
+	}
+	other := Frontend{Addr: netip.MustParseAddr("198.19.0.99"), Port: 80, Proto: ProtoTCP}
+	if _, ok, _ := f.Lookup(other, 0); ok {
+		t.Error("an address that is not a service was resolved")
+	}
+	if c, _ := f.Counters(3); c.Connects != 10 {
+		t.Errorf("connects = %d, want 10", c.Connects)
+	}
+	if c, _ := f.Counters(4); c.Refused != 1 {
+		t.Errorf("refused = %d, want 1", c.Refused)
+	}
+	svcs, _ := f.Services()
+	if svcs[0].Name != "ns/web" || svcs[1].Name != "ns/empty" {
+		t.Errorf("names = %q %q", svcs[0].Name, svcs[1].Name)
+	}
+}
+
+func TestDeleteServiceRemovesEverything(t *testing.T) {
+	f := NewFake()
+	_ = f.UpsertBackend(1, be1)
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1}})
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1}})
+	if err := f.DeleteService(vip); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.DeleteService(vip); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	if svc, _ := f.Len(); svc != 0 {
+		t.Errorf("%d service map entries left", svc)
+	}
+	if _, ok := f.cnt[1]; ok {
+		t.Error("counters left behind")
+	}
+	if err := f.DeleteBackend(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.DeleteBackend(1); err != nil {
+		t.Fatalf("deleting a missing backend: %v", err)
+	}
+}
+
+func TestPruneRemovesOrphanSlots(t *testing.T) {
+	f := NewFake()
+	_ = f.UpsertBackend(1, be1)
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1}})
+	k, _ := frontendKey(vip, 0)
+	// What an interrupted publish leaves: slots in the dead half, and
+	// slots of a frontend whose entry was never written.
+	k.Slot = slotHalf + 1
+	f.svc[k] = socklb.BpfSvcValue{BackendId: 1}
+	k2, _ := frontendKey(Frontend{Addr: vip.Addr, Port: 81, Proto: ProtoTCP}, 1)
+	f.svc[k2] = socklb.BpfSvcValue{BackendId: 1}
+	n, err := f.Prune()
+	if err != nil || n != 2 {
+		t.Fatalf("prune = %d, %v; want 2", n, err)
+	}
+	if got := backendsOf(t, f, vip); len(got) != 1 || got[0] != be1 {
+		t.Errorf("live slots damaged: %v", got)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	f := NewFake()
+	v6 := Frontend{Addr: netip.MustParseAddr("fd00::1"), Port: 80, Proto: ProtoTCP}
+	if err := f.PublishService(Service{Frontend: v6}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("IPv6 frontend: %v, want ErrUnsupported", err)
+	}
+	sctp := Frontend{Addr: vip.Addr, Port: 80, Proto: 132}
+	if err := f.PublishService(Service{Frontend: sctp}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("SCTP frontend: %v, want ErrUnsupported", err)
+	}
+	big := make([]BackendID, MaxBackendsPerService+1)
+	if err := f.PublishService(Service{Frontend: vip, Backends: big}); !errors.Is(err, ErrTooManyBackends) {
+		t.Errorf("too many backends: %v", err)
+	}
+	if err := f.UpsertBackend(1, Backend{Addr: netip.MustParseAddr("fd00::2"), Port: 1}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("IPv6 backend: %v", err)
+	}
+}

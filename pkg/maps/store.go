@@ -1,0 +1,277 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/socklb/socklb"
+)
+
+// table is one BPF map seen as key/value storage, so that the publish
+// algorithm below runs unchanged over the kernel's maps and the fake.
+type table[K comparable, V any] interface {
+	lookup(k K) (v V, ok bool, err error)
+	put(k K, v V) error
+	// create writes k only if it is absent; an existing k is success.
+	create(k K, v V) error
+	// remove deletes k; a missing k is success.
+	remove(k K) error
+	// all returns a snapshot of every entry.
+	all() (map[K]V, error)
+}
+
+// counterTable is the per-CPU counter map, summed on read.
+type counterTable interface {
+	create(id uint32) error
+	read(id uint32) (Counters, bool, error)
+	remove(id uint32) error
+}
+
+type store struct {
+	svc   table[socklb.BpfSvcKey, socklb.BpfSvcValue]
+	be    table[uint32, socklb.BpfBackend]
+	names table[uint32, socklb.BpfSvcName]
+	cnt   counterTable
+}
+
+var _ Maps = (*store)(nil)
+
+func frontendKey(fe Frontend, slot uint16) (socklb.BpfSvcKey, error) {
+	if fe.Proto != ProtoTCP && fe.Proto != ProtoUDP {
+		return socklb.BpfSvcKey{}, fmt.Errorf("frontend %s: %w", fe, ErrUnsupported)
+	}
+	vip, err := addrToBE32(fe.Addr)
+	if err != nil {
+		return socklb.BpfSvcKey{}, fmt.Errorf("frontend %s: %w", fe, err)
+	}
+	return socklb.BpfSvcKey{Vip: vip, Port: portToBE16(fe.Port), Proto: fe.Proto, Slot: slot}, nil
+}
+
+func keyFrontend(k socklb.BpfSvcKey) Frontend {
+	return Frontend{Addr: be32ToAddr(k.Vip), Port: be16ToPort(k.Port), Proto: k.Proto}
+}
+
+func (s *store) UpsertBackend(id BackendID, b Backend) error {
+	addr, err := addrToBE32(b.Addr)
+	if err != nil {
+		return fmt.Errorf("backend %d: %w", id, err)
+	}
+	v := socklb.BpfBackend{Addr: addr, Port: portToBE16(b.Port), Proto: b.Proto}
+	if err := s.be.put(uint32(id), v); err != nil {
+		return fmt.Errorf("write backend %d (%s): %w", id, b, err)
+	}
+	return nil
+}
+
+func (s *store) DeleteBackend(id BackendID) error {
+	if err := s.be.remove(uint32(id)); err != nil {
+		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// PublishService writes the new backend ids into the half of the slot range
+// that the live entry does not use, replaces the entry (one element update,
+// which readers see whole), then deletes the old half. A reader holding the
+// old entry still finds the old slots until that last step, and the program
+// rereads the entry when a slot has gone.
+func (s *store) PublishService(svc Service) error {
+	if len(svc.Backends) > MaxBackendsPerService {
+		return fmt.Errorf("publish %s: %d backends: %w", svc.Frontend, len(svc.Backends), ErrTooManyBackends)
+	}
+	entryKey, err := frontendKey(svc.Frontend, 0)
+	if err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	old, live, err := s.svc.lookup(entryKey)
+	if err != nil {
+		return fmt.Errorf("publish %s: read entry: %w", svc.Frontend, err)
+	}
+	var base uint16
+	if live && old.Base == 0 {
+		base = slotHalf
+	}
+	for i, id := range svc.Backends {
+		k := entryKey
+		k.Slot = base + uint16(i) + 1
+		if err := s.svc.put(k, socklb.BpfSvcValue{BackendId: uint32(id)}); err != nil {
+			return fmt.Errorf("publish %s: write slot %d: %w", svc.Frontend, k.Slot, err)
+		}
+	}
+	if err := s.cnt.create(uint32(svc.RevNATID)); err != nil {
+		return fmt.Errorf("publish %s: create counters %d: %w", svc.Frontend, svc.RevNATID, err)
+	}
+	if err := s.names.put(uint32(svc.RevNATID), encodeName(svc.Name)); err != nil {
+		return fmt.Errorf("publish %s: write name: %w", svc.Frontend, err)
+	}
+	entry := socklb.BpfSvcValue{
+		Count:    uint16(len(svc.Backends)),
+		Base:     base,
+		RevNatId: uint32(svc.RevNATID),
+		Flags:    svc.Flags,
+	}
+	if err := s.svc.put(entryKey, entry); err != nil {
+		return fmt.Errorf("publish %s: write entry: %w", svc.Frontend, err)
+	}
+	if live {
+		if err := s.removeSlots(entryKey, old.Base, old.Count); err != nil {
+			return fmt.Errorf("publish %s: delete old slots: %w", svc.Frontend, err)
+		}
+		if old.RevNatId != entry.RevNatId {
+			if err := s.removeIDState(old.RevNatId); err != nil {
+				return fmt.Errorf("publish %s: %w", svc.Frontend, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *store) removeSlots(entryKey socklb.BpfSvcKey, base, count uint16) error {
+	for i := uint16(1); i <= count; i++ {
+		k := entryKey
+		k.Slot = base + i
+		if err := s.svc.remove(k); err != nil {
+			return fmt.Errorf("delete slot %d: %w", k.Slot, err)
+		}
+	}
+	return nil
+}
+
+func (s *store) removeIDState(id uint32) error {
+	if err := s.cnt.remove(id); err != nil {
+		return fmt.Errorf("delete counters %d: %w", id, err)
+	}
+	if err := s.names.remove(id); err != nil {
+		return fmt.Errorf("delete name %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteService removes the entry first, so that readers stop finding the
+// frontend before its slots go.
+func (s *store) DeleteService(fe Frontend) error {
+	entryKey, err := frontendKey(fe, 0)
+	if err != nil {
+		return fmt.Errorf("delete service: %w", err)
+	}
+	old, live, err := s.svc.lookup(entryKey)
+	if err != nil {
+		return fmt.Errorf("delete service %s: read entry: %w", fe, err)
+	}
+	if !live {
+		return nil
+	}
+	if err := s.svc.remove(entryKey); err != nil {
+		return fmt.Errorf("delete service %s: delete entry: %w", fe, err)
+	}
+	if err := s.removeSlots(entryKey, old.Base, old.Count); err != nil {
+		return fmt.Errorf("delete service %s: %w", fe, err)
+	}
+	if err := s.removeIDState(old.RevNatId); err != nil {
+		return fmt.Errorf("delete service %s: %w", fe, err)
+	}
+	return nil
+}
+
+func (s *store) Services() ([]Service, error) {
+	all, err := s.svc.all()
+	if err != nil {
+		return nil, fmt.Errorf("read service map: %w", err)
+	}
+	names, err := s.names.all()
+	if err != nil {
+		return nil, fmt.Errorf("read name map: %w", err)
+	}
+	var out []Service
+	for k, v := range all {
+		if k.Slot != 0 {
+			continue
+		}
+		svc := Service{
+			Frontend: keyFrontend(k),
+			RevNATID: RevNATID(v.RevNatId),
+			Flags:    v.Flags,
+			Name:     decodeName(names[v.RevNatId]),
+			Backends: make([]BackendID, 0, v.Count),
+		}
+		for i := uint16(1); i <= v.Count; i++ {
+			sk := k
+			sk.Slot = v.Base + i
+			slot, ok := all[sk]
+			if !ok {
+				return nil, fmt.Errorf("read service %s: slot %d is missing", svc.Frontend, sk.Slot)
+			}
+			svc.Backends = append(svc.Backends, BackendID(slot.BackendId))
+		}
+		out = append(out, svc)
+	}
+	sortServices(out)
+	return out, nil
+}
+
+func (s *store) Backends() (map[BackendID]Backend, error) {
+	all, err := s.be.all()
+	if err != nil {
+		return nil, fmt.Errorf("read backend map: %w", err)
+	}
+	out := make(map[BackendID]Backend, len(all))
+	for id, v := range all {
+		out[BackendID(id)] = Backend{Addr: be32ToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}
+	}
+	return out, nil
+}
+
+func (s *store) Counters(id RevNATID) (Counters, error) {
+	c, _, err := s.cnt.read(uint32(id))
+	if err != nil {
+		return Counters{}, fmt.Errorf("read counters %d: %w", id, err)
+	}
+	return c, nil
+}
+
+func (s *store) Prune() (int, error) {
+	all, err := s.svc.all()
+	if err != nil {
+		return 0, fmt.Errorf("prune: read service map: %w", err)
+	}
+	var pruned int
+	var errs []error
+	for k := range all {
+		if k.Slot == 0 {
+			continue
+		}
+		ek := k
+		ek.Slot = 0
+		if e, ok := all[ek]; ok && k.Slot > e.Base && k.Slot <= e.Base+e.Count {
+			continue
+		}
+		if err := s.svc.remove(k); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pruned++
+	}
+	if err := errors.Join(errs...); err != nil {
+		return pruned, fmt.Errorf("prune: %w", err)
+	}
+	return pruned, nil
+}
+
+func encodeName(name string) socklb.BpfSvcName {
+	var n socklb.BpfSvcName
+	for i := 0; i < len(name) && i < nameLen-1; i++ {
+		n.Name[i] = int8(name[i])
+	}
+	return n
+}
+
+func decodeName(n socklb.BpfSvcName) string {
+	b := make([]byte, 0, nameLen)
+	for _, c := range n.Name {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}

@@ -1,0 +1,156 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/socklb/socklb/pkg/lb"
+)
+
+// Source is where the desired objects come from: the file source or the
+// Kubernetes informers. It only records changes and calls Syncer.Trigger.
+type Source interface {
+	// Input returns the current objects; callers do not modify them.
+	Input() lb.Input
+	// HasSynced is true once the source holds a complete view.
+	HasSynced() bool
+}
+
+// SyncerOptions tune how often the maps are written.
+type SyncerOptions struct {
+	// MinInterval and Burst bound the rate of syncs (kube-proxy's
+	// minSyncPeriod): bursts of changes collapse into one sync.
+	MinInterval time.Duration
+	Burst       int
+	// RetryBase and RetryMax bound the backoff after a failed sync.
+	RetryBase, RetryMax time.Duration
+	// OnSync, if set, is called after every sync attempt.
+	OnSync func(Stats, error)
+}
+
+// Syncer runs the reconciler whenever a source changes, never before every
+// source has synced, at a bounded rate, retrying failures with backoff.
+type Syncer struct {
+	rec     *Reconciler
+	sources []Source
+	opts    SyncerOptions
+	log     *slog.Logger
+	queue   workqueue.TypedRateLimitingInterface[string]
+	limiter *rate.Limiter
+	synced  atomic.Bool
+
+	lastWarnings []lb.Warning
+}
+
+const syncKey = "sync"
+
+// NewSyncer returns a Syncer; call Run to start it.
+func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.Logger) *Syncer {
+	if opts.Burst < 1 {
+		opts.Burst = 1
+	}
+	if opts.RetryBase <= 0 {
+		opts.RetryBase = 100 * time.Millisecond
+	}
+	if opts.RetryMax < opts.RetryBase {
+		opts.RetryMax = 30 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	limit := rate.Inf
+	if opts.MinInterval > 0 {
+		limit = rate.Every(opts.MinInterval)
+	}
+	return &Syncer{
+		rec:     rec,
+		sources: sources,
+		opts:    opts,
+		log:     log,
+		limiter: rate.NewLimiter(limit, opts.Burst),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](opts.RetryBase, opts.RetryMax),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "socklb-sync"},
+		),
+	}
+}
+
+// Trigger asks for a sync. It never blocks; many triggers before the sync
+// runs give one sync.
+func (s *Syncer) Trigger() {
+	s.queue.AddAfter(syncKey, s.limiter.Reserve().Delay())
+}
+
+// HasSynced is true once the maps hold a full sync of every source.
+func (s *Syncer) HasSynced() bool { return s.synced.Load() }
+
+// Run syncs until ctx is done.
+func (s *Syncer) Run(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		s.queue.ShutDown()
+	}()
+	s.Trigger()
+	for {
+		key, quit := s.queue.Get()
+		if quit {
+			return nil
+		}
+		err := s.syncOnce()
+		if err != nil {
+			s.log.Error("sync failed; retrying with a full resync", "error", err,
+				"retry_in", s.queue.NumRequeues(key)+1)
+			s.queue.AddRateLimited(key)
+		} else {
+			s.queue.Forget(key)
+		}
+		s.queue.Done(key)
+	}
+}
+
+func (s *Syncer) syncOnce() error {
+	for _, src := range s.sources {
+		if !src.HasSynced() {
+			// The source triggers again once it has synced; programming a
+			// partial view would drop live services.
+			s.log.Debug("sync deferred: a source has not synced yet")
+			return nil
+		}
+	}
+	var in lb.Input
+	for _, src := range s.sources {
+		i := src.Input()
+		in.Services = append(in.Services, i.Services...)
+		in.EndpointSlices = append(in.EndpointSlices, i.EndpointSlices...)
+	}
+	start := time.Now()
+	state, warnings := lb.Compute(in)
+	if !slices.Equal(warnings, s.lastWarnings) {
+		for _, w := range warnings {
+			s.log.Warn("object not fully used", "object", w.Object, "reason", w.Reason)
+		}
+		s.lastWarnings = warnings
+	}
+	st, err := s.rec.Apply(state)
+	if s.opts.OnSync != nil {
+		s.opts.OnSync(st, err)
+	}
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	first := !s.synced.Swap(true)
+	if first || st.Published+st.Deleted+st.BackendsAdded+st.BackendsRemoved > 0 {
+		s.log.Info("maps synced", "first", first, "took", time.Since(start).Round(time.Microsecond),
+			"services", st.Services, "backends", st.Backends, "published", st.Published,
+			"deleted", st.Deleted, "backends_added", st.BackendsAdded,
+			"backends_removed", st.BackendsRemoved, "skipped", st.Skipped)
+	}
+	return nil
+}
