@@ -1,0 +1,348 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/pkg/lb"
+	"github.com/socklb/socklb/pkg/loader"
+	"github.com/socklb/socklb/pkg/maps"
+	"github.com/socklb/socklb/pkg/reconciler"
+)
+
+// datapath is the kernel side of one test: programs attached to a child
+// cgroup that this test process has joined, maps pinned on a private bpffs,
+// and a network namespace for clients and backends.
+type datapath struct {
+	ns    *sandbox.Netns
+	cg    *sandbox.Cgroup
+	bpffs string
+	maps  maps.Maps
+	rec   *reconciler.Reconciler
+}
+
+func newDatapath(t *testing.T) *datapath {
+	t.Helper()
+	sandbox.RequirePrivileges(t)
+	d := &datapath{ns: sandbox.NewNetns(t), cg: sandbox.NewCgroup(t)}
+	d.bpffs = filepath.Join(sandbox.MountBPFFS(t), "socklb")
+	dp, err := loader.Load(loader.Options{BPFFSPath: d.bpffs, CgroupPath: d.cg.Path()})
+	if err != nil {
+		t.Fatalf("load: %+v", err)
+	}
+	t.Cleanup(func() {
+		if err := errors.Join(dp.Close(), loader.Cleanup(d.bpffs, nil)); err != nil {
+			t.Error(err)
+		}
+	})
+	// Sockets join the cgroup of the process that creates them.
+	restore, err := d.cg.EnterSelf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := restore(); err != nil {
+			t.Error(err)
+		}
+	})
+	d.maps = maps.New(&dp.Maps)
+	d.rec = reconciler.New(d.maps, nil)
+	return d
+}
+
+// pod adds addr to the namespace and starts TCP and UDP name servers on it.
+func (d *datapath) pod(t *testing.T, name, addr string, port uint16) *sandbox.NameServer {
+	t.Helper()
+	a := netip.MustParseAddr(addr)
+	if err := d.ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
+		t.Fatal(err)
+	}
+	sandbox.StartUDPNameServer(t, d.ns, netip.AddrPortFrom(a, port), name)
+	return sandbox.StartTCPNameServer(t, d.ns, netip.AddrPortFrom(a, port), name)
+}
+
+func (d *datapath) apply(t *testing.T, s ...lb.Service) {
+	t.Helper()
+	if _, err := d.rec.Apply(lb.State{Services: s}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func service(vip string, port uint16, proto lb.Proto, backends ...string) lb.Service {
+	s := lb.Service{
+		Frontend: lb.Frontend{Addr: netip.MustParseAddr(vip), Port: port, Proto: proto},
+		Name:     types.NamespacedName{Namespace: "test", Name: fmt.Sprintf("svc-%d", port)},
+	}
+	for _, b := range backends {
+		ap := netip.MustParseAddrPort(b)
+		s.Backends = append(s.Backends, lb.Backend{Addr: ap.Addr(), Port: ap.Port()})
+	}
+	return s
+}
+
+// ask connects to addr from inside the namespace and returns the name the
+// backend answers with.
+func (d *datapath) ask(network, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := d.ns.Dial(ctx, network, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if strings.HasPrefix(network, "udp") {
+		if _, err := c.Write([]byte("who")); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err != nil {
+			return "", fmt.Errorf("read from %s: %w", c.RemoteAddr(), err)
+		}
+		return strings.TrimSpace(string(buf[:n])), nil
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read from %s: %w", c.RemoteAddr(), err)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+const (
+	vip   = "198.19.0.10"
+	other = "198.19.0.99"
+)
+
+func TestPrivilegedTCPConnectsSpreadOverBackends(t *testing.T) {
+	d := newDatapath(t)
+	for i := 1; i <= 3; i++ {
+		d.pod(t, fmt.Sprintf("pod-%d", i), fmt.Sprintf("198.18.0.%d", i), 8080)
+	}
+	d.apply(t, service(vip, 80, lb.TCP, "198.18.0.1:8080", "198.18.0.2:8080", "198.18.0.3:8080"))
+
+	const connects = 300
+	got := map[string]int{}
+	for range connects {
+		name, err := d.ask("tcp4", vip+":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	t.Logf("300 TCP connects to %s:80: %v", vip, got)
+	for i := 1; i <= 3; i++ {
+		n := got[fmt.Sprintf("pod-%d", i)]
+		if share := float64(n) / connects; share < 0.20 || share > 0.47 {
+			t.Errorf("pod-%d got %d of %d connects (%.0f%%), want 20%%..47%%", i, n, connects, share*100)
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("answers came from %v, want exactly the 3 pods", got)
+	}
+	c, err := d.maps.Counters(1)
+	if err != nil || c.Connects != connects {
+		t.Errorf("connect counter = %d (%v), want %d", c.Connects, err, connects)
+	}
+}
+
+func TestPrivilegedConnectedUDPReachesBackends(t *testing.T) {
+	d := newDatapath(t)
+	d.pod(t, "dns-1", "198.18.0.1", 5353)
+	d.pod(t, "dns-2", "198.18.0.2", 5353)
+	d.apply(t, service(vip, 53, lb.UDP, "198.18.0.1:5353", "198.18.0.2:5353"))
+
+	got := map[string]int{}
+	for range 100 {
+		name, err := d.ask("udp4", vip+":53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	t.Logf("100 connected UDP exchanges with %s:53: %v", vip, got)
+	if got["dns-1"] == 0 || got["dns-2"] == 0 || len(got) != 2 {
+		t.Errorf("answers came from %v, want both dns pods", got)
+	}
+}
+
+func TestPrivilegedEmptyServiceRefuses(t *testing.T) {
+	d := newDatapath(t)
+	d.apply(t, service(vip, 80, lb.TCP), service(vip, 53, lb.UDP))
+	for _, network := range []string{"tcp4", "udp4"} {
+		port := map[string]string{"tcp4": "80", "udp4": "53"}[network]
+		start := time.Now()
+		_, err := d.ask(network, vip+":"+port)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("%s connect to an empty service: %v, want ECONNREFUSED", network, err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("%s refusal took %s; it must be immediate", network, took)
+		}
+	}
+	c, _ := d.maps.Counters(1)
+	c2, _ := d.maps.Counters(2)
+	if c.Refused+c2.Refused != 2 {
+		t.Errorf("refused counters = %d+%d, want 2", c.Refused, c2.Refused)
+	}
+}
+
+func TestPrivilegedOtherAddressesAreUntouched(t *testing.T) {
+	d := newDatapath(t)
+	d.pod(t, "pod-1", "198.18.0.1", 8080)
+	d.apply(t, service(vip, 80, lb.TCP, "198.18.0.1:8080"))
+
+	// A backend address itself, reached directly.
+	if name, err := d.ask("tcp4", "198.18.0.1:8080"); err != nil || name != "pod-1" {
+		t.Errorf("direct connect: %q, %v", name, err)
+	}
+	// The VIP on another port, another protocol, and another address are
+	// not services: connect goes to the address as given, for which the
+	// namespace has no route.
+	for _, tc := range []struct{ network, addr string }{
+		{"tcp4", vip + ":81"},
+		{"udp4", vip + ":80"},
+		{"tcp4", other + ":80"},
+	} {
+		_, err := d.ask(tc.network, tc.addr)
+		if !errors.Is(err, syscall.ENETUNREACH) {
+			t.Errorf("%s %s: %v, want ENETUNREACH (not rewritten)", tc.network, tc.addr, err)
+		}
+	}
+}
+
+// TestPrivilegedBackendSwapUnderLoad replaces a service's backend set again
+// and again while clients connect as fast as they can: no connect may fail,
+// and none that starts after an update returned may reach a backend that
+// the update removed.
+func TestPrivilegedBackendSwapUnderLoad(t *testing.T) {
+	d := newDatapath(t)
+	sets := [][]string{
+		{"198.18.0.1:8080", "198.18.0.2:8080"},
+		{"198.18.0.3:8080"},
+		{"198.18.0.4:8080", "198.18.0.5:8080", "198.18.0.1:8080"},
+	}
+	names := map[string]string{}
+	for i := 1; i <= 5; i++ {
+		addr := fmt.Sprintf("198.18.0.%d", i)
+		d.pod(t, "pod-"+addr, addr, 8080)
+		names[addr+":8080"] = "pod-" + addr
+	}
+	d.apply(t, service(vip, 80, lb.TCP, sets[0]...))
+
+	type result struct {
+		start time.Time
+		name  string
+		err   error
+	}
+	var (
+		mu      sync.Mutex
+		results []result
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				start := time.Now()
+				name, err := d.ask("tcp4", vip+":80")
+				mu.Lock()
+				results = append(results, result{start, name, err})
+				mu.Unlock()
+			}
+		}()
+	}
+
+	type update struct {
+		done    time.Time
+		allowed map[string]bool
+	}
+	var updates []update
+	for round := range 30 {
+		set := sets[(round+1)%len(sets)]
+		time.Sleep(20 * time.Millisecond)
+		d.apply(t, service(vip, 80, lb.TCP, set...))
+		allowed := map[string]bool{}
+		for _, b := range set {
+			allowed[names[b]] = true
+		}
+		updates = append(updates, update{time.Now(), allowed})
+	}
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	wg.Wait()
+
+	failed, stale := 0, 0
+	for _, r := range results {
+		if r.err != nil {
+			failed++
+			if failed <= 5 {
+				t.Errorf("connect failed: %v", r.err)
+			}
+			continue
+		}
+		// The last update that returned before this connect started
+		// says which backends it may reach, and so does the next one,
+		// which may have been in flight.
+		var live, next *update
+		for i := range updates {
+			if updates[i].done.Before(r.start) {
+				live, next = &updates[i], nil
+				if i+1 < len(updates) {
+					next = &updates[i+1]
+				}
+			}
+		}
+		if live != nil && !live.allowed[r.name] && (next == nil || !next.allowed[r.name]) {
+			stale++
+			if stale <= 5 {
+				t.Errorf("connect started %s after an update reached removed backend %s",
+					r.start.Sub(live.done), r.name)
+			}
+		}
+	}
+	t.Logf("%d connects during 30 backend-set swaps: %d failed, %d reached a removed backend", len(results), failed, stale)
+	if len(results) < 300 {
+		t.Errorf("only %d connects ran; the load was too light to prove anything", len(results))
+	}
+}
+
+func TestPrivilegedBpftoolShowsFieldNames(t *testing.T) {
+	d := newDatapath(t)
+	d.apply(t, service(vip, 80, lb.TCP, "198.18.0.1:8080"))
+	bpftool, err := exec.LookPath("bpftool")
+	if err != nil {
+		t.Fatal("bpftool is needed (apt-get install bpftool)")
+	}
+	for mapName, fields := range map[string][]string{
+		"socklb_svc_v1":  {`"vip"`, `"port"`, `"proto"`, `"slot"`, `"backend_id"`, `"count"`, `"base"`, `"rev_nat_id"`},
+		"socklb_be_v1":   {`"addr"`, `"port"`, `"proto"`},
+		"socklb_cnt_v1":  {`"connects"`, `"refused"`},
+		"socklb_name_v1": {`"name"`, `"test/svc-80"`},
+	} {
+		out, err := exec.Command(bpftool, "map", "dump", "pinned", filepath.Join(d.bpffs, mapName)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool map dump %s: %v\n%s", mapName, err, out)
+		}
+		for _, f := range fields {
+			if !strings.Contains(string(out), f) {
+				t.Errorf("bpftool dump of %s lacks %s:\n%s", mapName, f, out)
+			}
+		}
+	}
+}
