@@ -1,0 +1,738 @@
+package lb
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Object constructors keep the cases below short. Everything lives in the
+// "default" namespace unless a case moves it with mod.
+
+func ptr[T any](v T) *T { return &v }
+
+// mod applies f to o and returns it, to tweak one field of a constructed object.
+func mod[T any](o T, f func(T)) T {
+	f(o)
+	return o
+}
+
+// svc returns a ClusterIP Service; clusterIPs[0] is also spec.clusterIP, as
+// the API server sets it.
+func svc(name string, clusterIPs []string, ports ...corev1.ServicePort) *corev1.Service {
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIPs: clusterIPs, Ports: ports},
+	}
+	if len(clusterIPs) > 0 {
+		s.Spec.ClusterIP = clusterIPs[0]
+	}
+	return s
+}
+
+func ips(s ...string) []string { return s }
+
+func sport(name string, proto corev1.Protocol, port int32) corev1.ServicePort {
+	return corev1.ServicePort{Name: name, Protocol: proto, Port: port}
+}
+
+// eslice returns an EndpointSlice of service svcName.
+func eslice(name, svcName string, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "default",
+			Name:      name,
+			Labels:    map[string]string{discoveryv1.LabelServiceName: svcName},
+		},
+		AddressType: at,
+		Ports:       ports,
+		Endpoints:   eps,
+	}
+}
+
+func v4(name, svcName string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return eslice(name, svcName, discoveryv1.AddressTypeIPv4, ports, eps...)
+}
+
+func v6(name, svcName string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return eslice(name, svcName, discoveryv1.AddressTypeIPv6, ports, eps...)
+}
+
+func eports(p ...discoveryv1.EndpointPort) []discoveryv1.EndpointPort { return p }
+
+func eport(name string, proto corev1.Protocol, port int32) discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: &name, Protocol: &proto, Port: &port}
+}
+
+func cond(addr string, ready, serving, terminating *bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{
+		Addresses:  []string{addr},
+		Conditions: discoveryv1.EndpointConditions{Ready: ready, Serving: serving, Terminating: terminating},
+	}
+}
+
+var (
+	yes = ptr(true)
+	no  = ptr(false)
+)
+
+// The condition sets the EndpointSlice controller writes.
+func ready(addr string) discoveryv1.Endpoint       { return cond(addr, yes, yes, no) }
+func notReady(addr string) discoveryv1.Endpoint    { return cond(addr, no, no, no) }
+func terminating(addr string) discoveryv1.Endpoint { return cond(addr, no, yes, yes) }
+
+var (
+	http80   = sport("http", corev1.ProtocolTCP, 80)
+	http8080 = eports(eport("http", corev1.ProtocolTCP, 8080))
+)
+
+// render prints a state one frontend per line, which makes diffs readable.
+func render(st State) []string {
+	var out []string
+	for _, s := range st.Services {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s[%s] ->", s.Frontend, s.Name, s.PortName)
+		if len(s.Backends) == 0 {
+			b.WriteString(" (none)")
+		}
+		for _, be := range s.Backends {
+			b.WriteString(" " + be.String())
+		}
+		out = append(out, b.String())
+	}
+	return out
+}
+
+// checkOutput asserts what must hold for any input: frontends and backends
+// sorted and unique, backends of the frontend's family, warnings sorted.
+func checkOutput(t *testing.T, st State, warns []Warning) {
+	t.Helper()
+	for i, s := range st.Services {
+		if i > 0 && st.Services[i-1].Frontend.Compare(s.Frontend) >= 0 {
+			t.Errorf("frontends not sorted and unique: %s before %s", st.Services[i-1].Frontend, s.Frontend)
+		}
+		if !s.Frontend.Addr.IsValid() || s.Frontend.Port == 0 || (s.Frontend.Proto != TCP && s.Frontend.Proto != UDP) {
+			t.Errorf("invalid frontend %s", s.Frontend)
+		}
+		for j, b := range s.Backends {
+			if j > 0 && s.Backends[j-1].Compare(b) >= 0 {
+				t.Errorf("%s: backends not sorted and unique: %s before %s", s.Frontend, s.Backends[j-1], b)
+			}
+			if b.Addr.Is4() != s.Frontend.Addr.Is4() || b.Port == 0 {
+				t.Errorf("%s: invalid backend %s", s.Frontend, b)
+			}
+		}
+	}
+	for i := 1; i < len(warns); i++ {
+		if warns[i-1].compare(warns[i]) >= 0 {
+			t.Errorf("warnings not sorted and unique: %v before %v", warns[i-1], warns[i])
+		}
+	}
+}
+
+// reversed returns a copy of in with both lists reversed.
+func reversed(in Input) Input {
+	out := Input{Services: slices.Clone(in.Services), EndpointSlices: slices.Clone(in.EndpointSlices)}
+	slices.Reverse(out.Services)
+	slices.Reverse(out.EndpointSlices)
+	return out
+}
+
+func TestCompute(t *testing.T) {
+	tests := []struct {
+		name     string
+		services []*corev1.Service
+		slices   []*discoveryv1.EndpointSlice
+		want     []string
+		// wantWarn lists the expected warnings in order; Reason is a
+		// substring of the actual reason, which is prose.
+		wantWarn []Warning
+	}{
+		{
+			name:     "cluster IP, single unnamed port",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), sport("", corev1.ProtocolTCP, 80))},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-1", "web", eports(eport("", corev1.ProtocolTCP, 8080)), ready("10.0.0.2"), ready("10.0.0.1")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[] -> 10.0.0.1:8080 10.0.0.2:8080"},
+		},
+		{
+			name: "multi-port service with names",
+			services: []*corev1.Service{
+				svc("web", ips("10.96.0.1"), sport("metrics", corev1.ProtocolTCP, 9090), http80),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-1", "web", eports(eport("http", corev1.ProtocolTCP, 8080), eport("metrics", corev1.ProtocolTCP, 9091)), ready("10.0.0.1")),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080",
+				"10.96.0.1:9090/TCP default/web[metrics] -> 10.0.0.1:9091",
+			},
+		},
+		{
+			name: "TCP and UDP on the same port number",
+			services: []*corev1.Service{
+				svc("dns", ips("10.96.0.10"), sport("dns", corev1.ProtocolUDP, 53), sport("dns-tcp", corev1.ProtocolTCP, 53)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("dns-1", "dns", eports(eport("dns", corev1.ProtocolUDP, 1053), eport("dns-tcp", corev1.ProtocolTCP, 2053)), ready("10.0.0.1")),
+			},
+			want: []string{
+				"10.96.0.10:53/TCP default/dns[dns-tcp] -> 10.0.0.1:2053",
+				"10.96.0.10:53/UDP default/dns[dns] -> 10.0.0.1:1053",
+			},
+		},
+		{
+			name:     "slice port with the right name but another protocol is not used",
+			services: []*corev1.Service{svc("dns", ips("10.96.0.10"), sport("dns", corev1.ProtocolUDP, 53))},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("dns-1", "dns", eports(eport("dns", corev1.ProtocolTCP, 53)), ready("10.0.0.1")),
+			},
+			want: []string{"10.96.0.10:53/UDP default/dns[dns] -> (none)"},
+		},
+		{
+			name:     "named targetPort resolves to a different number in each slice",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", eports(eport("http", corev1.ProtocolTCP, 8080)), ready("10.0.0.1")),
+				v4("web-b", "web", eports(eport("http", corev1.ProtocolTCP, 8081)), ready("10.0.0.2")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8081"},
+		},
+		{
+			name:     "several slices are merged",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, ready("10.0.0.1"), ready("10.0.0.2")),
+				v4("web-b", "web", http8080, ready("10.0.0.3")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080 10.0.0.3:8080"},
+		},
+		{
+			name:     "duplicate endpoints across and within slices are deduplicated",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, ready("10.0.0.1"), ready("10.0.0.2"), ready("10.0.0.1")),
+				v4("web-b", "web", http8080, ready("10.0.0.2"), ready("10.0.0.3")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080 10.0.0.3:8080"},
+		},
+		{
+			name:     "not-ready endpoints are excluded",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, ready("10.0.0.1"), notReady("10.0.0.2")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "nil conditions count as ready",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, cond("10.0.0.1", nil, nil, nil)),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "no ready endpoint: serving and terminating ones are used",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					notReady("10.0.0.1"),
+					terminating("10.0.0.2"),
+					cond("10.0.0.3", no, no, yes), // terminating, not serving
+				),
+				v4("web-b", "web", http8080, terminating("10.0.0.4")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.2:8080 10.0.0.4:8080"},
+		},
+		{
+			name:     "terminating endpoints are not used while one endpoint is ready",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, terminating("10.0.0.1")),
+				v4("web-b", "web", http8080, ready("10.0.0.2"), terminating("10.0.0.3")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.2:8080"},
+		},
+		{
+			// The API and kube-proxy read nil serving as true.
+			name:     "nil serving on a terminating endpoint counts as serving",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, cond("10.0.0.1", no, nil, yes)),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "nil terminating means not terminating, so no fallback",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, cond("10.0.0.1", no, yes, nil)),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			// A new pod got the IP of a pod still shutting down; the new
+			// pod is not ready yet, so the IP must not be used at all.
+			name:     "reused IP: the live endpoint's conditions win over the terminating one",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, terminating("10.0.0.1"), terminating("10.0.0.2")),
+				v4("web-b", "web", http8080, notReady("10.0.0.1")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.2:8080"},
+		},
+		{
+			name:     "no slices: frontend without backends",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			want:     []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			name:     "only unusable endpoints: frontend without backends",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, notReady("10.0.0.1"), cond("10.0.0.2", no, no, yes)),
+				v4("web-b", "web", http8080),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			name:     "slice without a matching port contributes no backends",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", eports(eport("grpc", corev1.ProtocolTCP, 9000)), ready("10.0.0.1")),
+				v4("web-b", "web", http8080, ready("10.0.0.2")),
+				v4("web-c", "web", nil, ready("10.0.0.3")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.2:8080"},
+		},
+		{
+			name:     "nil name and nil protocol in a slice port mean the unnamed TCP port",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), sport("", "", 80))},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", eports(discoveryv1.EndpointPort{Port: ptr(int32(8080))}), ready("10.0.0.1")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "slice port with nil port number is ignored",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", eports(discoveryv1.EndpointPort{Name: ptr("http")}), ready("10.0.0.1")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			name:     "only the first address of an endpoint is used",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, discoveryv1.Endpoint{Addresses: []string{"10.0.0.1", "10.0.0.2"}}),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "headless service is skipped",
+			services: []*corev1.Service{svc("db", ips("None"), http80)},
+			slices:   []*discoveryv1.EndpointSlice{v4("db-1", "db", http8080, ready("10.0.0.1"))},
+		},
+		{
+			name: "headless service with only clusterIP set is skipped",
+			services: []*corev1.Service{mod(svc("db", nil, http80), func(s *corev1.Service) {
+				s.Spec.ClusterIP = corev1.ClusterIPNone
+			})},
+		},
+		{
+			name: "headless service with only clusterIPs set is skipped",
+			services: []*corev1.Service{mod(svc("db", ips("None"), http80), func(s *corev1.Service) {
+				s.Spec.ClusterIP = ""
+			})},
+		},
+		{
+			name: "ExternalName service is skipped",
+			services: []*corev1.Service{mod(svc("ext", nil, http80), func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeExternalName
+				s.Spec.ExternalName = "db.example.com"
+			})},
+		},
+		{
+			name: "service with service-proxy-name label is skipped, even with an empty value",
+			services: []*corev1.Service{
+				mod(svc("a", ips("10.96.0.1"), http80), func(s *corev1.Service) {
+					s.Labels = map[string]string{labelServiceProxyName: "other-proxy"}
+				}),
+				mod(svc("b", ips("10.96.0.2"), http80), func(s *corev1.Service) {
+					s.Labels = map[string]string{labelServiceProxyName: ""}
+				}),
+			},
+		},
+		{
+			name: "NodePort and LoadBalancer services get cluster IP frontends; empty type is ClusterIP",
+			services: []*corev1.Service{
+				mod(svc("np", ips("10.96.0.1"), http80), func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeNodePort }),
+				mod(svc("lb", ips("10.96.0.2"), http80), func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeLoadBalancer }),
+				mod(svc("bare", ips("10.96.0.3"), http80), func(s *corev1.Service) { s.Spec.Type = "" }),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/np[http] -> (none)",
+				"10.96.0.2:80/TCP default/lb[http] -> (none)",
+				"10.96.0.3:80/TCP default/bare[http] -> (none)",
+			},
+		},
+		{
+			name:     "slices of other services, other namespaces or no service are ignored",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-1", "web", http8080, ready("10.0.0.1")),
+				v4("other-1", "other", http8080, ready("10.0.0.2")),
+				mod(v4("web-1", "web", http8080, ready("10.0.0.3")), func(s *discoveryv1.EndpointSlice) { s.Namespace = "prod" }),
+				mod(v4("loose", "web", http8080, ready("10.0.0.4")), func(s *discoveryv1.EndpointSlice) { s.Labels = nil }),
+				mod(v4("blank", "", http8080, ready("10.0.0.5")), func(s *discoveryv1.EndpointSlice) {}),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "slices of another address type do not feed the cluster IP",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-4", "web", http8080, ready("10.0.0.1")),
+				v6("web-6", "web", http8080, ready("fd00::1")),
+				eslice("web-f", "web", discoveryv1.AddressTypeFQDN, http8080, ready("db.example.com")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "dual-stack service: each family gets its own slices",
+			services: []*corev1.Service{svc("web", ips("fd00:96::1", "10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-4", "web", http8080, ready("10.0.0.1")),
+				v6("web-6", "web", http8080, ready("fd00::a"), ready("fd00::b")),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080",
+				"[fd00:96::1]:80/TCP default/web[http] -> [fd00::a]:8080 [fd00::b]:8080",
+			},
+		},
+		{
+			name:     "IPv6 single-stack service",
+			services: []*corev1.Service{svc("web", ips("fd00:96::1"), http80)},
+			slices:   []*discoveryv1.EndpointSlice{v6("web-6", "web", http8080, ready("fd00::a"))},
+			want:     []string{"[fd00:96::1]:80/TCP default/web[http] -> [fd00::a]:8080"},
+		},
+		{
+			name: "clusterIP is used when clusterIPs is empty",
+			services: []*corev1.Service{mod(svc("web", nil, http80), func(s *corev1.Service) {
+				s.Spec.ClusterIP = "10.96.0.1"
+			})},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			name: "clusterIPs wins over clusterIP",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.2"), http80), func(s *corev1.Service) {
+				s.Spec.ClusterIP = "10.96.0.1"
+			})},
+			want: []string{"10.96.0.2:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			name:     "SCTP port is left alone with a warning, other ports are served",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), sport("sig", corev1.ProtocolSCTP, 9999), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-1", "web", eports(eport("sig", corev1.ProtocolSCTP, 9999), eport("http", corev1.ProtocolTCP, 8080)), ready("10.0.0.1")),
+			},
+			want:     []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+			wantWarn: []Warning{{"default/web", "port 9999/SCTP: protocol not load-balanced"}},
+		},
+		{
+			name: "bad cluster IPs skip the service with a warning",
+			services: []*corev1.Service{
+				svc("a", ips("10.96.0.300"), http80),
+				svc("b", ips("10.96.0.2", "fd00::zz"), http80), // one bad family skips both
+				svc("c", ips("fe80::1%eth0"), http80),
+				svc("d", ips("::ffff:10.96.0.4"), http80),
+				svc("e", ips("10.96.0.5", ""), http80),
+			},
+			wantWarn: []Warning{
+				{"default/a", `cluster IP "10.96.0.300": not an IP address; service skipped`},
+				{"default/b", `cluster IP "fd00::zz": not an IP address; service skipped`},
+				{"default/c", `cluster IP "fe80::1%eth0": has a zone`},
+				{"default/d", `cluster IP "::ffff:10.96.0.4": is IPv4-mapped IPv6`},
+				{"default/e", `cluster IP "": not an IP address`},
+			},
+		},
+		{
+			name:     "service without a cluster IP is skipped with a warning",
+			services: []*corev1.Service{svc("web", nil, http80)},
+			wantWarn: []Warning{{"default/web", "no cluster IP"}},
+		},
+		{
+			name:     "bad endpoint addresses are skipped with a warning",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-1", "web", http8080,
+					ready("10.0.0.1"),
+					ready("not-an-ip"),
+					ready("fe80::1%eth0"),
+					ready("::ffff:10.0.0.2"),
+					ready("fd00::1"),
+					discoveryv1.Endpoint{},
+				),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+			wantWarn: []Warning{
+				{"default/web-1", `endpoint address "::ffff:10.0.0.2": is IPv4-mapped IPv6; skipped`},
+				{"default/web-1", `endpoint address "fd00::1" is not of address type IPv4; skipped`},
+				{"default/web-1", `endpoint address "fe80::1%eth0": has a zone; skipped`},
+				{"default/web-1", `endpoint address "not-an-ip": not an IP address; skipped`},
+				{"default/web-1", "endpoint without an address"},
+			},
+		},
+		{
+			name:     "out-of-range port numbers are skipped with a warning",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), sport("zero", "", 0), sport("big", "", 70000), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", eports(eport("http", corev1.ProtocolTCP, 0)), ready("10.0.0.1")),
+				v4("web-b", "web", http8080, ready("10.0.0.2")),
+			},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.2:8080"},
+			wantWarn: []Warning{
+				{"default/web", "port 0/TCP: port number out of range"},
+				{"default/web", "port 70000/TCP: port number out of range"},
+				{"default/web-a", `port "http" 0/TCP: port number out of range`},
+			},
+		},
+		{
+			name:     "unknown address type is ignored with a warning",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				eslice("web-1", "web", "ipv4", http8080, ready("10.0.0.1")),
+			},
+			want:     []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+			wantWarn: []Warning{{"default/web-1", `address type "ipv4"`}},
+		},
+		{
+			name: "two services on one frontend: the first by name wins, the other is warned",
+			services: []*corev1.Service{
+				svc("b", ips("10.96.0.1"), http80),
+				svc("a", ips("10.96.0.1"), http80),
+			},
+			want:     []string{"10.96.0.1:80/TCP default/a[http] -> (none)"},
+			wantWarn: []Warning{{"default/b", `frontend 10.96.0.1:80/TCP is already used by default/a port "http"`}},
+		},
+		{
+			name: "a service listed twice is served once, without a warning",
+			services: []*corev1.Service{
+				svc("web", ips("10.96.0.1"), http80),
+				svc("web", ips("10.96.0.1"), http80),
+			},
+			slices: []*discoveryv1.EndpointSlice{v4("web-1", "web", http8080, ready("10.0.0.1"))},
+			want:   []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name: "nil and empty objects do not panic",
+			services: []*corev1.Service{
+				nil,
+				{},
+				svc("web", ips("10.96.0.1")), // no ports
+				svc("api", ips("10.96.0.2"), http80),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				nil,
+				{},
+				eslice("api-1", "api", discoveryv1.AddressTypeIPv4, nil),
+				eslice("api-2", "api", discoveryv1.AddressTypeIPv4,
+					eports(discoveryv1.EndpointPort{}, eport("http", corev1.ProtocolTCP, 8080)),
+					discoveryv1.Endpoint{Addresses: []string{"10.0.0.1"}},
+					discoveryv1.Endpoint{Addresses: []string{}},
+				),
+				eslice("api-3", "api", "", nil, discoveryv1.Endpoint{}),
+			},
+			want: []string{"10.96.0.2:80/TCP default/api[http] -> 10.0.0.1:8080"},
+			wantWarn: []Warning{
+				{"/", "no cluster IP"},
+				{"default/api-2", "endpoint without an address"},
+				{"default/api-3", `address type ""`},
+			},
+		},
+		{
+			name: "empty input",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := Input{Services: tt.services, EndpointSlices: tt.slices}
+			st, warns := Compute(in)
+			checkOutput(t, st, warns)
+			if got := render(st); !slices.Equal(got, tt.want) {
+				t.Errorf("state:\ngot:\n\t%s\nwant:\n\t%s", strings.Join(got, "\n\t"), strings.Join(tt.want, "\n\t"))
+			}
+			if !warningsMatch(warns, tt.wantWarn) {
+				t.Errorf("warnings:\ngot:  %q\nwant: %q", warns, tt.wantWarn)
+			}
+			// Every case doubles as an order test.
+			st2, warns2 := Compute(reversed(in))
+			if !slices.Equal(render(st2), render(st)) || !slices.Equal(warns2, warns) {
+				t.Errorf("reversed input changed the output:\n%q %q\n%q %q", render(st), warns, render(st2), warns2)
+			}
+		})
+	}
+}
+
+func warningsMatch(got, want []Warning) bool {
+	return slices.EqualFunc(got, want, func(g, w Warning) bool {
+		return g.Object == w.Object && strings.Contains(g.Reason, w.Reason)
+	})
+}
+
+// TestComputeOrderIndependent shuffles one input with every kind of object
+// in it and checks that the output never changes.
+func TestComputeOrderIndependent(t *testing.T) {
+	in := Input{
+		Services: []*corev1.Service{
+			svc("web", ips("10.96.0.1", "fd00:96::1"), http80, sport("dns", corev1.ProtocolUDP, 53), sport("sig", corev1.ProtocolSCTP, 9)),
+			svc("api", ips("10.96.0.2"), sport("", "", 443)),
+			svc("dup", ips("10.96.0.2"), sport("", "", 443)),
+			svc("bad", ips("nope"), http80),
+			svc("db", ips("None"), http80),
+			nil,
+		},
+		EndpointSlices: []*discoveryv1.EndpointSlice{
+			v4("web-a", "web", eports(eport("http", corev1.ProtocolTCP, 8080), eport("dns", corev1.ProtocolUDP, 5353)),
+				ready("10.0.0.1"), notReady("10.0.0.2"), terminating("10.0.0.3")),
+			v4("web-b", "web", eports(eport("http", corev1.ProtocolTCP, 8081)), ready("10.0.0.4"), ready("10.0.0.1"), ready("bogus")),
+			v6("web-c", "web", http8080, terminating("fd00::1"), terminating("fd00::2")),
+			v6("web-d", "web", http8080, notReady("fd00::1")),
+			v4("api-a", "api", eports(discoveryv1.EndpointPort{Port: ptr(int32(8443))}), ready("10.0.1.1")),
+			v4("api-b", "api", eports(eport("", corev1.ProtocolTCP, 8443)), ready("10.0.1.2"), ready("10.0.1.1")),
+			v4("db-a", "db", http8080, ready("10.0.2.1")),
+			nil,
+		},
+	}
+	wantState, wantWarns := Compute(in)
+	checkOutput(t, wantState, wantWarns)
+	if len(wantState.Services) == 0 || len(wantWarns) == 0 {
+		t.Fatalf("test input too weak: %d frontends, %d warnings", len(wantState.Services), len(wantWarns))
+	}
+	rng := rand.New(rand.NewPCG(1, 2)) // fixed seed: a failure must reproduce
+	for i := range 50 {
+		shuffled := Input{Services: slices.Clone(in.Services), EndpointSlices: slices.Clone(in.EndpointSlices)}
+		rng.Shuffle(len(shuffled.Services), func(a, b int) {
+			shuffled.Services[a], shuffled.Services[b] = shuffled.Services[b], shuffled.Services[a]
+		})
+		rng.Shuffle(len(shuffled.EndpointSlices), func(a, b int) {
+			shuffled.EndpointSlices[a], shuffled.EndpointSlices[b] = shuffled.EndpointSlices[b], shuffled.EndpointSlices[a]
+		})
+		st, warns := Compute(shuffled)
+		if !slices.Equal(render(st), render(wantState)) || !slices.Equal(warns, wantWarns) {
+			t.Fatalf("shuffle %d changed the output:\ngot:  %q\n      %q\nwant: %q\n      %q", i, render(st), warns, render(wantState), wantWarns)
+		}
+	}
+}
+
+// fuzzBytes hands out choices from fuzz input; once the input runs out every
+// choice is the first option, so every input builds a finite set of objects.
+type fuzzBytes []byte
+
+func (b *fuzzBytes) next() int {
+	if len(*b) == 0 {
+		return 0
+	}
+	c := (*b)[0]
+	*b = (*b)[1:]
+	return int(c)
+}
+
+func pick[T any](b *fuzzBytes, options ...T) T { return options[b.next()%len(options)] }
+
+// maybe returns nil or a pointer to one of options, to exercise nil fields.
+func maybe[T any](b *fuzzBytes, options ...T) *T {
+	if b.next()%3 == 0 {
+		return nil
+	}
+	return ptr(pick(b, options...))
+}
+
+var (
+	fuzzNames  = []string{"s", "t", ""}
+	fuzzNS     = []string{"default", "", "other"}
+	fuzzIPs    = []string{"10.96.0.1", "10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2", "None", "", "bogus", "::ffff:10.0.0.1", "fe80::1%eth0", "1.2.3.4.5"}
+	fuzzProtos = []corev1.Protocol{"", corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP, "x"}
+	fuzzPorts  = []int32{80, 8080, 53, 0, -1, 65535, 65536, 1 << 30}
+	fuzzTypes  = []corev1.ServiceType{"", corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeExternalName, "x"}
+	fuzzAT     = []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6, discoveryv1.AddressTypeFQDN, "", "x"}
+)
+
+func fuzzInput(b *fuzzBytes) Input {
+	var in Input
+	for range b.next() % 4 {
+		if b.next()%8 == 0 {
+			in.Services = append(in.Services, nil)
+			continue
+		}
+		s := &corev1.Service{}
+		s.Namespace, s.Name = pick(b, fuzzNS...), pick(b, fuzzNames...)
+		if b.next()%6 == 0 {
+			s.Labels = map[string]string{labelServiceProxyName: ""}
+		}
+		s.Spec.Type = pick(b, fuzzTypes...)
+		s.Spec.ClusterIP = pick(b, fuzzIPs...)
+		for range b.next() % 3 {
+			s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, pick(b, fuzzIPs...))
+		}
+		for range b.next() % 4 {
+			s.Spec.Ports = append(s.Spec.Ports, sport(pick(b, fuzzNames...), pick(b, fuzzProtos...), pick(b, fuzzPorts...)))
+		}
+		in.Services = append(in.Services, s)
+	}
+	for range b.next() % 5 {
+		if b.next()%8 == 0 {
+			in.EndpointSlices = append(in.EndpointSlices, nil)
+			continue
+		}
+		s := &discoveryv1.EndpointSlice{AddressType: pick(b, fuzzAT...)}
+		s.Namespace, s.Name = pick(b, fuzzNS...), pick(b, fuzzNames...)
+		if b.next()%4 != 0 {
+			s.Labels = map[string]string{discoveryv1.LabelServiceName: pick(b, fuzzNames...)}
+		}
+		for range b.next() % 4 {
+			s.Ports = append(s.Ports, discoveryv1.EndpointPort{
+				Name:     maybe(b, fuzzNames...),
+				Protocol: maybe(b, fuzzProtos...),
+				Port:     maybe(b, fuzzPorts...),
+			})
+		}
+		for range b.next() % 5 {
+			var e discoveryv1.Endpoint
+			for range b.next() % 3 {
+				e.Addresses = append(e.Addresses, pick(b, fuzzIPs...))
+			}
+			e.Conditions.Ready = maybe(b, true, false)
+			e.Conditions.Serving = maybe(b, true, false)
+			e.Conditions.Terminating = maybe(b, true, false)
+			s.Endpoints = append(s.Endpoints, e)
+		}
+		in.EndpointSlices = append(in.EndpointSlices, s)
+	}
+	return in
+}
+
+func FuzzCompute(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 2, 1, 1, 1})
+	f.Add([]byte("a dual-stack service with some slices and endpoints in it, hopefully"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b := fuzzBytes(data)
+		in := fuzzInput(&b)
+		st, warns := Compute(in)
+		checkOutput(t, st, warns)
+		st2, warns2 := Compute(reversed(in))
+		if !slices.Equal(render(st2), render(st)) || !slices.Equal(warns2, warns) {
+			t.Errorf("reversed input changed the output:\n%q %q\n%q %q", render(st), warns, render(st2), warns2)
+		}
+	})
+}

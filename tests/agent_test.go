@@ -1,0 +1,397 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socklb/socklb/internal/sandbox"
+)
+
+// agentBin is built once by TestMain.
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "socklb-agent-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "socklb-agent")
+	build := exec.Command("go", "build", "-o", agentBin, "../cmd/agent")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build agent:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// agentEnv is what the agent processes of one test share: a private bpffs,
+// a child cgroup the test process has joined, a netns with "pods", and the
+// services file.
+type agentEnv struct {
+	*datapathEnv
+	servicesFile string
+}
+
+type datapathEnv struct {
+	ns    *sandbox.Netns
+	cg    *sandbox.Cgroup
+	bpffs string
+}
+
+func newAgentEnv(t *testing.T, yaml string) *agentEnv {
+	t.Helper()
+	sandbox.RequirePrivileges(t)
+	e := &agentEnv{datapathEnv: &datapathEnv{ns: sandbox.NewNetns(t), cg: sandbox.NewCgroup(t)}}
+	e.bpffs = filepath.Join(sandbox.MountBPFFS(t), "socklb")
+	t.Cleanup(func() {
+		// Whatever the test did, leave nothing attached or pinned.
+		if out, err := e.agentCmd("cleanup").CombinedOutput(); err != nil {
+			t.Errorf("agent cleanup: %v\n%s", err, out)
+		}
+	})
+	restore, err := e.cg.EnterSelf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := restore(); err != nil {
+			t.Error(err)
+		}
+	})
+	e.servicesFile = filepath.Join(t.TempDir(), "services.yaml")
+	e.writeServices(t, yaml)
+	return e
+}
+
+func (e *agentEnv) writeServices(t *testing.T, yaml string) {
+	t.Helper()
+	tmp := e.servicesFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, e.servicesFile); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *agentEnv) agentCmd(args ...string) *exec.Cmd {
+	args = append(args, "--bpffs-path="+e.bpffs, "--cgroup-path="+e.cg.Path())
+	cmd := exec.Command(agentBin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// agent is one running agent process.
+type agent struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{}
+}
+
+func (e *agentEnv) startAgent(t *testing.T) *agent {
+	t.Helper()
+	a := &agent{logs: &syncBuffer{}, done: make(chan struct{})}
+	a.cmd = e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms")
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = a.cmd.Wait(); close(a.done) }()
+	t.Cleanup(func() {
+		a.kill(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("agent %d log:\n%s", a.cmd.Process.Pid, a.logs.String())
+		}
+	})
+	return a
+}
+
+// kill signals only the process this test started, and reaps it.
+func (a *agent) kill(sig syscall.Signal) {
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(sig)
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+}
+
+func (a *agent) waitLog(t *testing.T, substr string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(a.logs.String(), substr) {
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited before logging %q:\n%s", substr, a.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not log %q within 15s:\n%s", substr, a.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type inspectRow struct {
+	Frontend string `json:"frontend"`
+	Service  string `json:"service"`
+	Backends []struct {
+		Address string `json:"address"`
+	} `json:"backends"`
+	Connects uint64 `json:"connects"`
+	Refused  uint64 `json:"refused"`
+}
+
+func (e *agentEnv) inspect(t *testing.T) map[string]inspectRow {
+	t.Helper()
+	rows, err := e.tryInspect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
+}
+
+func (e *agentEnv) tryInspect() (map[string]inspectRow, error) {
+	out, err := e.agentCmd("inspect", "--json").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("inspect: %w: %s", err, ee.Stderr)
+		}
+		return nil, fmt.Errorf("inspect: %w", err)
+	}
+	var rows []inspectRow
+	if err := json.Unmarshal(out, &rows); err != nil {
+		return nil, fmt.Errorf("inspect output: %w\n%s", err, out)
+	}
+	m := map[string]inspectRow{}
+	for _, r := range rows {
+		m[r.Frontend] = r
+	}
+	return m, nil
+}
+
+func (e *agentEnv) waitInspect(t *testing.T, what string, cond func(map[string]inspectRow) bool) map[string]inspectRow {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		// Before the agent has pinned its maps, inspect fails.
+		rows, err := e.tryInspect()
+		if err == nil && cond(rows) {
+			return rows
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("inspect never showed %s; last: %+v, %v", what, rows, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *agentEnv) pods(t *testing.T, n int, port uint16) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		a := netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", i))
+		if err := e.ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
+			t.Fatal(err)
+		}
+		sandbox.StartTCPNameServer(t, e.ns, netip.AddrPortFrom(a, port), fmt.Sprintf("pod-%d", i))
+	}
+}
+
+func (e *agentEnv) ask(addr string) (string, error) {
+	d := &datapath{ns: e.ns}
+	return d.ask("tcp4", addr)
+}
+
+// servicesYAML is a Service web (198.19.0.10:80 → named port http) with
+// the given ready pods, and a Service empty (198.19.0.20:80) with none.
+func servicesYAML(pods ...int) string {
+	var eps strings.Builder
+	for _, p := range pods {
+		fmt.Fprintf(&eps, "- addresses: [198.18.0.%d]\n  conditions: {ready: true}\n", p)
+	}
+	if len(pods) == 0 {
+		eps.WriteString("[]\n")
+	}
+	return `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: test}
+spec:
+  clusterIP: 198.19.0.10
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: test
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+` + eps.String() + `---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: test}
+spec:
+  clusterIP: 198.19.0.20
+  ports: [{name: http, port: 80, targetPort: 8080}]
+`
+}
+
+const webFE, emptyFE = "198.19.0.10:80/TCP", "198.19.0.20:80/TCP"
+
+func TestPrivilegedAgentFileSourceInspectAndCleanup(t *testing.T) {
+	e := newAgentEnv(t, servicesYAML(1, 2, 3))
+	e.pods(t, 3, 8080)
+	e.startAgent(t)
+	rows := e.waitInspect(t, "web with 3 backends", func(r map[string]inspectRow) bool {
+		return len(r[webFE].Backends) == 3 && r[emptyFE].Frontend != ""
+	})
+	if rows[webFE].Service != "test/web:http" {
+		t.Errorf("inspect names web %q", rows[webFE].Service)
+	}
+
+	for range 30 {
+		if _, err := e.ask("198.19.0.10:80"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.ask("198.19.0.20:80"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("empty service: %v, want ECONNREFUSED", err)
+	}
+	rows = e.inspect(t)
+	if rows[webFE].Connects != 30 || rows[emptyFE].Refused != 1 {
+		t.Errorf("counters: web connects=%d empty refused=%d, want 30 and 1",
+			rows[webFE].Connects, rows[emptyFE].Refused)
+	}
+	out, err := e.agentCmd("inspect").Output()
+	if err != nil || !strings.Contains(string(out), "test/web:http") || !strings.Contains(string(out), "198.18.0.3:8080") {
+		t.Errorf("inspect table: %v\n%s", err, out)
+	}
+
+	// The file changes: pod-3 goes away.
+	e.writeServices(t, servicesYAML(1, 2))
+	e.waitInspect(t, "web with 2 backends", func(r map[string]inspectRow) bool {
+		return len(r[webFE].Backends) == 2
+	})
+	for range 30 {
+		if name, err := e.ask("198.19.0.10:80"); err != nil || name == "pod-3" {
+			t.Fatalf("after pod-3 left: %q, %v", name, err)
+		}
+	}
+
+	// cleanup detaches while the agent is stopped: the VIP is no longer
+	// rewritten, and nothing is left pinned.
+	if out, err := e.agentCmd("cleanup").CombinedOutput(); err == nil {
+		t.Logf("cleanup while the agent runs: %s", out)
+	}
+	if _, err := e.ask("198.19.0.10:80"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("after cleanup: %v, want ENETUNREACH (VIP no longer rewritten)", err)
+	}
+	if _, err := os.Stat(e.bpffs); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins left after cleanup: %v", err)
+	}
+}
+
+// TestPrivilegedAgentKillAndRestartUnderLoad SIGKILLs the agent and starts
+// it again while clients connect: the pinned links and maps keep serving, so
+// no connect fails.
+func TestPrivilegedAgentKillAndRestartUnderLoad(t *testing.T) {
+	e := newAgentEnv(t, servicesYAML(1, 2, 3))
+	e.pods(t, 3, 8080)
+	first := e.startAgent(t)
+	first.waitLog(t, "maps synced")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		total, failures int
+		firstErr        error
+	)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				_, err := e.ask("198.19.0.10:80")
+				mu.Lock()
+				total++
+				if err != nil {
+					failures++
+					if firstErr == nil {
+						firstErr = err
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	first.kill(syscall.SIGKILL)
+	time.Sleep(300 * time.Millisecond)
+	second := e.startAgent(t)
+	second.waitLog(t, "maps synced")
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	wg.Wait()
+
+	t.Logf("%d connects across SIGKILL and restart: %d failed", total, failures)
+	if failures != 0 {
+		t.Errorf("%d of %d connects failed; first: %v", failures, total, firstErr)
+	}
+	if total < 300 {
+		t.Errorf("only %d connects ran; too few to prove anything", total)
+	}
+	logs := second.logs.String()
+	if !strings.Contains(logs, "replaced_in_place=true") {
+		t.Errorf("restarted agent did not reuse the pinned link:\n%s", logs)
+	}
+	if !strings.Contains(logs, `msg="restored state from maps" services=2`) {
+		t.Errorf("restarted agent did not restore its state from the maps:\n%s", logs)
+	}
+	if c := e.inspect(t)[webFE].Connects; c != uint64(total) {
+		t.Errorf("counters were reset across the restart: %d, want %d", c, total)
+	}
+}
