@@ -73,7 +73,7 @@ func (d *Datapath) Close() error {
 // Load loads the programs, pins (or reuses) the maps and attaches every
 // program to the cgroup, replacing the program of an existing pinned link
 // in one step so that the hook is never empty.
-func Load(opts Options) (dp *Datapath, err error) {
+func Load(opts Options) (_ *Datapath, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -109,7 +109,7 @@ func Load(opts Options) (dp *Datapath, err error) {
 	}
 	// The programs are only needed until the links hold them.
 	defer coll.Close()
-	dp = &Datapath{}
+	dp := &Datapath{}
 	if err := coll.Assign(&dp.Maps); err != nil {
 		return nil, fmt.Errorf("assign maps: %w", err)
 	}

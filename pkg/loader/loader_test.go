@@ -1,0 +1,140 @@
+package loader
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/socklb/socklb"
+	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/pkg/maps"
+)
+
+func attachedPrograms(t *testing.T, cgroup string) []link.AttachedProgram {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Programs
+}
+
+func mustLoad(t *testing.T, opts Options) *Datapath {
+	t.Helper()
+	dp, err := Load(opts)
+	if err != nil {
+		t.Fatalf("load: %+v", err)
+	}
+	return dp
+}
+
+func TestPrivilegedPinsSurviveAndAreReused(t *testing.T) {
+	sandbox.RequirePrivileges(t)
+	cg := sandbox.NewCgroup(t)
+	dir := filepath.Join(sandbox.MountBPFFS(t), "socklb")
+	opts := Options{BPFFSPath: dir, CgroupPath: cg.Path()}
+	t.Cleanup(func() { _ = Cleanup(dir, nil) })
+
+	dp := mustLoad(t, opts)
+	be := maps.Backend{Addr: netip.MustParseAddr("198.18.0.1"), Port: 80, Proto: maps.ProtoTCP}
+	if err := maps.New(&dp.Maps).UpsertBackend(7, be); err != nil {
+		t.Fatal(err)
+	}
+	progs := attachedPrograms(t, cg.Path())
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Closing the agent's handles detaches nothing.
+	if got := attachedPrograms(t, cg.Path()); len(got) != 1 || got[0].ID != progs[0].ID {
+		t.Fatalf("after close: attached %v, want the same single program %v", got, progs)
+	}
+	st, err := os.Stat(dir)
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("pin directory mode = %v (%v), want 0700", st.Mode().Perm(), err)
+	}
+	entries, _ := os.ReadDir(dir)
+	want := map[string]bool{"link_" + socklb.BpfProgSock4Connect: true}
+	for _, m := range []string{socklb.BpfMapSocklbSvcV1, socklb.BpfMapSocklbBeV1, socklb.BpfMapSocklbCntV1, socklb.BpfMapSocklbNameV1} {
+		want[m] = true
+	}
+	for _, e := range entries {
+		info, _ := e.Info()
+		if info.Mode().Perm()&0o077 != 0 {
+			t.Errorf("pin %s has mode %v; others may not read it", e.Name(), info.Mode().Perm())
+		}
+		delete(want, e.Name())
+	}
+	if len(want) != 0 {
+		t.Errorf("not pinned: %v", want)
+	}
+
+	// A second start reuses the maps (the backend is still there) and
+	// swaps the program inside the same link.
+	dp2 := mustLoad(t, opts)
+	defer dp2.Close()
+	bes, err := maps.New(&dp2.Maps).Backends()
+	if err != nil || bes[7] != be {
+		t.Errorf("backend map after restart = %v (%v), want backend 7 kept", bes, err)
+	}
+	got := attachedPrograms(t, cg.Path())
+	if len(got) != 1 || got[0].ID == progs[0].ID {
+		t.Errorf("after restart: attached %v; want exactly one, the new program (old %d)", got, progs[0].ID)
+	}
+
+	if err := Cleanup(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := attachedPrograms(t, cg.Path()); len(got) != 0 {
+		t.Errorf("after cleanup %d programs are still attached", len(got))
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left after cleanup: %v", err)
+	}
+	if err := Cleanup(dir, nil); err != nil {
+		t.Errorf("second cleanup: %v", err)
+	}
+}
+
+func TestPrivilegedLoadRefusesWhatItCannotUse(t *testing.T) {
+	sandbox.RequirePrivileges(t)
+	cg := sandbox.NewCgroup(t)
+	other := sandbox.NewCgroup(t)
+	dir := filepath.Join(sandbox.MountBPFFS(t), "socklb")
+	t.Cleanup(func() { _ = Cleanup(dir, nil) })
+
+	if _, err := Load(Options{BPFFSPath: filepath.Join(t.TempDir(), "pins"), CgroupPath: cg.Path()}); !errors.Is(err, ErrNotBPFFS) {
+		t.Errorf("pins on a plain directory: %v, want ErrNotBPFFS", err)
+	}
+	if _, err := Load(Options{BPFFSPath: dir, CgroupPath: t.TempDir()}); err == nil {
+		t.Error("attaching to a directory that is not a cgroup succeeded")
+	}
+
+	dp := mustLoad(t, Options{BPFFSPath: dir, CgroupPath: cg.Path(), MaxBackends: 1024})
+	dp.Close()
+	if _, err := Load(Options{BPFFSPath: dir, CgroupPath: other.Path(), MaxBackends: 1024}); !errors.Is(err, ErrCgroupMismatch) {
+		t.Errorf("same pins, other cgroup: %v, want ErrCgroupMismatch", err)
+	}
+	if len(attachedPrograms(t, other.Path())) != 0 {
+		t.Error("a refused load attached to the other cgroup")
+	}
+	if _, err := Load(Options{BPFFSPath: dir, CgroupPath: cg.Path(), MaxBackends: 2048}); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		t.Errorf("pinned map of another size: %v, want ErrMapIncompatible", err)
+	}
+}
+
+func TestOpenPinnedMapsWithoutPins(t *testing.T) {
+	if _, err := OpenPinnedMaps(t.TempDir()); !errors.Is(err, ErrNotPinned) {
+		t.Errorf("OpenPinnedMaps on an empty directory: %v, want ErrNotPinned", err)
+	}
+}
