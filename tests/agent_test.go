@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,20 +44,16 @@ func TestMain(m *testing.M) {
 // a child cgroup the test process has joined, a netns with "pods", and the
 // services file.
 type agentEnv struct {
-	*datapathEnv
+	ns           *sandbox.Netns
+	cg           *sandbox.Cgroup
+	bpffs        string
 	servicesFile string
-}
-
-type datapathEnv struct {
-	ns    *sandbox.Netns
-	cg    *sandbox.Cgroup
-	bpffs string
 }
 
 func newAgentEnv(t *testing.T, yaml string) *agentEnv {
 	t.Helper()
 	sandbox.RequirePrivileges(t)
-	e := &agentEnv{datapathEnv: &datapathEnv{ns: sandbox.NewNetns(t), cg: sandbox.NewCgroup(t)}}
+	e := &agentEnv{ns: sandbox.NewNetns(t), cg: sandbox.NewCgroup(t)}
 	e.bpffs = filepath.Join(sandbox.MountBPFFS(t), "socklb")
 	t.Cleanup(func() {
 		// Whatever the test did, leave nothing attached or pinned.
@@ -230,18 +225,11 @@ func (e *agentEnv) waitInspect(t *testing.T, what string, cond func(map[string]i
 func (e *agentEnv) pods(t *testing.T, n int, port uint16) {
 	t.Helper()
 	for i := 1; i <= n; i++ {
-		a := netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", i))
-		if err := e.ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
-			t.Fatal(err)
-		}
-		sandbox.StartTCPNameServer(t, e.ns, netip.AddrPortFrom(a, port), fmt.Sprintf("pod-%d", i))
+		startPod(t, e.ns, fmt.Sprintf("pod-%d", i), fmt.Sprintf("198.18.0.%d", i), port)
 	}
 }
 
-func (e *agentEnv) ask(addr string) (string, error) {
-	d := &datapath{ns: e.ns}
-	return d.ask("tcp4", addr)
-}
+func (e *agentEnv) ask(addr string) (string, error) { return ask(e.ns, "tcp4", addr) }
 
 // servicesYAML is a Service web (198.19.0.10:80 → named port http) with
 // the given ready pods, and a Service empty (198.19.0.20:80) with none.

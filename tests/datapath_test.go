@@ -63,15 +63,21 @@ func newDatapath(t *testing.T) *datapath {
 	return d
 }
 
-// pod adds addr to the namespace and starts TCP and UDP name servers on it.
-func (d *datapath) pod(t *testing.T, name, addr string, port uint16) *sandbox.NameServer {
+func (d *datapath) pod(t *testing.T, name, addr string, port uint16) {
+	t.Helper()
+	startPod(t, d.ns, name, addr, port)
+}
+
+// startPod adds addr to the namespace and starts TCP and UDP name servers
+// on it.
+func startPod(t *testing.T, ns *sandbox.Netns, name, addr string, port uint16) {
 	t.Helper()
 	a := netip.MustParseAddr(addr)
-	if err := d.ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
+	if err := ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
 		t.Fatal(err)
 	}
-	sandbox.StartUDPNameServer(t, d.ns, netip.AddrPortFrom(a, port), name)
-	return sandbox.StartTCPNameServer(t, d.ns, netip.AddrPortFrom(a, port), name)
+	sandbox.StartUDPNameServer(t, ns, netip.AddrPortFrom(a, port), name)
+	sandbox.StartTCPNameServer(t, ns, netip.AddrPortFrom(a, port), name)
 }
 
 func (d *datapath) apply(t *testing.T, s ...lb.Service) {
@@ -93,12 +99,14 @@ func service(vip string, port uint16, proto lb.Proto, backends ...string) lb.Ser
 	return s
 }
 
+func (d *datapath) ask(network, addr string) (string, error) { return ask(d.ns, network, addr) }
+
 // ask connects to addr from inside the namespace and returns the name the
 // backend answers with.
-func (d *datapath) ask(network, addr string) (string, error) {
+func ask(ns *sandbox.Netns, network, addr string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	c, err := d.ns.Dial(ctx, network, addr)
+	c, err := ns.Dial(ctx, network, addr)
 	if err != nil {
 		return "", err
 	}

@@ -55,6 +55,9 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 		}
 		c.CgroupPath = root
 	}
+	if root, err := loader.Cgroup2Mount(); err == nil && filepath.Clean(c.CgroupPath) == root {
+		log.Info("attaching to the cgroup2 root: every socket on this host is load-balanced", "cgroup", root)
+	}
 	if strings.HasPrefix(filepath.Clean(c.BPFFSPath)+"/", defaultBPFFSMount+"/") {
 		mounted, err := loader.EnsureBPFFS(defaultBPFFSMount)
 		if err != nil {
@@ -72,6 +75,8 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	defer dp.Close()
 
 	rec := reconciler.New(maps.New(&dp.Maps), log)
+	// The source pokes the syncer, and the syncer reads the source; syncer
+	// is set before src.Run starts, so OnChange never sees it nil.
 	var syncer *reconciler.Syncer
 	src, err := filesource.New(filesource.Options{
 		Path:     c.ServicesFile,

@@ -21,7 +21,7 @@ const (
 type Faulty struct {
 	Inner Maps
 	mu    sync.Mutex
-	// Fail is asked before every call; a non-nil error fails the call.
+	// fail is asked before every call; a non-nil error fails the call.
 	fail func(op Op) error
 }
 

@@ -106,7 +106,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		err := s.syncOnce()
 		if err != nil {
 			s.log.Error("sync failed; retrying with a full resync", "error", err,
-				"retry_in", s.queue.NumRequeues(key)+1)
+				"attempt", s.queue.NumRequeues(key)+1)
 			s.queue.AddRateLimited(key)
 		} else {
 			s.queue.Forget(key)
