@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 
+	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 )
 
@@ -28,10 +29,16 @@ type Config struct {
 	CgroupPath   string
 	Source       string
 	ServicesFile string
-	LogFormat    string
-	LogLevel     slog.Level
-	MinSync      time.Duration
-	SyncBurst    int
+	Kubeconfig   string
+	NodeName     string
+	// ServiceSelector is a label selector in kubectl's syntax; empty
+	// selects every Service.
+	ServiceSelector string
+	HealthAddr      string
+	LogFormat       string
+	LogLevel        slog.Level
+	MinSync         time.Duration
+	SyncBurst       int
 }
 
 const (
@@ -64,8 +71,12 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.String("config", "", "YAML config file; its keys are the flag names")
 	f.String("bpffs-path", loader.DefaultBPFFSPath, "directory on bpffs for socklb's pinned maps and links")
 	f.String("cgroup-path", "", "cgroup v2 directory to attach to (default: the cgroup2 mount from /proc/mounts)")
-	f.String("source", sourceFile, "where Services and EndpointSlices come from: file")
+	f.String("source", "", "where Services and EndpointSlices come from: kubernetes or file (default: file when --services-file is set, else kubernetes)")
 	f.String("services-file", "", "multi-document YAML of v1 Services and discovery.k8s.io/v1 EndpointSlices (--source=file)")
+	f.String("kubeconfig", "", "kubeconfig for --source=kubernetes (default: in-cluster config)")
+	f.String("node-name", "", "this node's name, for node-local traffic policies and zones (env NODE_NAME)")
+	f.String("service-selector", "", "only handle Services matching this label selector, e.g. 'env in (prod, qa), tier notin (frontend)'")
+	f.String("health-addr", "127.0.0.1:9811", "address of /healthz and /readyz; empty disables")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.Duration("min-sync-interval", time.Second/10, "minimum time between two map syncs (bursts of changes collapse)")
@@ -76,6 +87,10 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	v.SetEnvPrefix("SOCKLB")
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
 	v.AutomaticEnv()
+	// The downward API's conventional name works too.
+	if err := v.BindEnv("node-name", "SOCKLB_NODE_NAME", "NODE_NAME"); err != nil {
+		panic(err) // constant arguments: a bug, not input
+	}
 
 	run := newRunCmd(v)
 	root.AddCommand(run, newInspectCmd(v), newCleanupCmd(v), newVersionCmd())
@@ -100,13 +115,17 @@ func readConfigFile(v *viper.Viper) error {
 // loadConfig turns viper's view of flags, env and file into a Config.
 func loadConfig(v *viper.Viper) (Config, error) {
 	c := Config{
-		BPFFSPath:    v.GetString("bpffs-path"),
-		CgroupPath:   v.GetString("cgroup-path"),
-		Source:       v.GetString("source"),
-		ServicesFile: v.GetString("services-file"),
-		LogFormat:    v.GetString("log-format"),
-		MinSync:      v.GetDuration("min-sync-interval"),
-		SyncBurst:    v.GetInt("sync-burst"),
+		BPFFSPath:       v.GetString("bpffs-path"),
+		CgroupPath:      v.GetString("cgroup-path"),
+		Source:          v.GetString("source"),
+		ServicesFile:    v.GetString("services-file"),
+		Kubeconfig:      v.GetString("kubeconfig"),
+		NodeName:        v.GetString("node-name"),
+		HealthAddr:      v.GetString("health-addr"),
+		ServiceSelector: v.GetString("service-selector"),
+		LogFormat:       v.GetString("log-format"),
+		MinSync:         v.GetDuration("min-sync-interval"),
+		SyncBurst:       v.GetInt("sync-burst"),
 	}
 	var errs []error
 	if err := c.LogLevel.UnmarshalText([]byte(v.GetString("log-level"))); err != nil {
@@ -114,6 +133,21 @@ func loadConfig(v *viper.Viper) (Config, error) {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("log-format %q: want text or json", c.LogFormat))
+	}
+	if c.Source == "" {
+		c.Source = sourceKubernetes
+		if c.ServicesFile != "" {
+			c.Source = sourceFile
+		}
+	}
+	if c.Source != sourceFile && c.Source != sourceKubernetes {
+		errs = append(errs, fmt.Errorf("source %q: want %s or %s", c.Source, sourceKubernetes, sourceFile))
+	}
+	if c.Source == sourceFile && c.ServicesFile == "" {
+		errs = append(errs, errors.New("--services-file is required with --source=file"))
+	}
+	if _, err := lb.ParseServiceSelector(c.ServiceSelector); err != nil {
+		errs = append(errs, err)
 	}
 	if c.BPFFSPath == "" {
 		errs = append(errs, errors.New("bpffs-path is empty"))

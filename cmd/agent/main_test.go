@@ -58,17 +58,23 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"run"}, "--services-file is required"},
-		{[]string{"run", "--source=kubernetes", "--services-file=x"}, `source "kubernetes"`},
+		
+		{[]string{"run", "--source=nfs"}, `source "nfs"`},
+		{[]string{"run", "--source=file"}, "--services-file is required"},
+		{[]string{"run", "--service-selector=env in (a"}, "selector"},
+		{[]string{"run", "--source=kubernetes"}, "in-cluster config"},
 		{[]string{"run", "--log-format=xml"}, "log-format"},
 		{[]string{"run", "--log-level=loud"}, "log-level"},
 		{[]string{"run", "--sync-burst=0"}, "sync-burst"},
 		{[]string{"run", "--config=/nonexistent/socklb.yaml"}, "read config"},
 		{[]string{"inspect", "extra"}, "unknown command"},
 	} {
-		_, err := execute(t, tc.args...)
+		// Should a case ever get past configuration, these paths make
+		// the load fail before anything is attached anywhere.
+		args := append(tc.args, "--bpffs-path="+t.TempDir(), "--cgroup-path="+t.TempDir())
+		_, err := execute(t, args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%v: %v, want an error containing %q", tc.args, err, tc.want)
+			t.Errorf("%v: %v, want an error containing %q", args, err, tc.want)
 		}
 	}
 }

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -12,8 +12,14 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/socklb/socklb/pkg/filesource"
+	"github.com/socklb/socklb/pkg/k8swatch"
+	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
 	"github.com/socklb/socklb/pkg/reconciler"
@@ -42,11 +48,19 @@ func newRunCmd(v *viper.Viper) *cobra.Command {
 
 func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	log := newLogger(c, cmd.ErrOrStderr())
-	if c.Source != sourceFile {
-		return fmt.Errorf("source %q: only %q is available in this version", c.Source, sourceFile)
+	selector, err := lb.ParseServiceSelector(c.ServiceSelector)
+	if err != nil {
+		return err
 	}
-	if c.ServicesFile == "" {
-		return errors.New("--services-file is required with --source=file")
+	// Everything that can fail on configuration fails before the kernel
+	// is touched. The source pokes the syncer and the syncer reads the
+	// source; syncer is set before any source runs, so trigger never sees
+	// it nil.
+	var syncer *reconciler.Syncer
+	trigger := func() { syncer.Trigger() }
+	src, runSource, err := newSource(c, selector, trigger, log)
+	if err != nil {
+		return err
 	}
 	if c.CgroupPath == "" {
 		root, err := loader.Cgroup2Mount()
@@ -74,29 +88,77 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	}
 	defer dp.Close()
 
-	rec := reconciler.New(maps.New(&dp.Maps), log)
-	// The source pokes the syncer, and the syncer reads the source; syncer
-	// is set before src.Run starts, so OnChange never sees it nil.
-	var syncer *reconciler.Syncer
-	src, err := filesource.New(filesource.Options{
-		Path:     c.ServicesFile,
-		Logger:   log.With("source", "file"),
-		OnChange: func() { syncer.Trigger() },
-	})
-	if err != nil {
-		return err
-	}
-	syncer = reconciler.NewSyncer(rec, []reconciler.Source{src}, reconciler.SyncerOptions{
-		MinInterval: c.MinSync,
-		Burst:       c.SyncBurst,
-	}, log)
+	syncer = reconciler.NewSyncer(reconciler.New(maps.New(&dp.Maps), log), []reconciler.Source{src},
+		reconciler.SyncerOptions{
+			MinInterval:     c.MinSync,
+			Burst:           c.SyncBurst,
+			Node:            lb.NodeInfo{Name: c.NodeName},
+			ServiceSelector: selector,
+		}, log)
 
-	log.Info("socklb agent started", "version", version, "bpffs", c.BPFFSPath,
-		"cgroup", c.CgroupPath, "source", c.Source, "services_file", c.ServicesFile)
+	log.Info("socklb agent started", "version", version, "bpffs", c.BPFFSPath, "cgroup", c.CgroupPath,
+		"source", c.Source, "node", c.NodeName, "service_selector", c.ServiceSelector)
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return src.Run(ctx) })
+	g.Go(func() error { return runSource(ctx) })
 	g.Go(func() error { return syncer.Run(ctx) })
+	if c.HealthAddr != "" {
+		g.Go(func() error { return serveHealth(ctx, c.HealthAddr, syncer.HasSynced, log) })
+	}
 	err = g.Wait()
 	log.Info("socklb agent stopped; the datapath stays attached until `socklb-agent cleanup`")
 	return err
+}
+
+// newSource builds the configured source and the function that runs it.
+func newSource(c Config, selector labels.Selector, trigger func(), log *slog.Logger) (reconciler.Source, func(context.Context) error, error) {
+	switch c.Source {
+	case sourceFile:
+		src, err := filesource.New(filesource.Options{
+			Path:     c.ServicesFile,
+			Logger:   log.With("source", sourceFile),
+			OnChange: trigger,
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		return src, src.Run, nil
+	case sourceKubernetes:
+		restConfig, err := kubeConfig(c.Kubeconfig)
+		if err != nil {
+			return nil, nil, err
+		}
+		client, err := kubernetes.NewForConfig(restConfig)
+		if err != nil {
+			return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		src, err := k8swatch.New(k8swatch.Options{
+			Client:          client,
+			NodeName:        c.NodeName,
+			ServiceSelector: selector,
+			Logger:          log.With("source", sourceKubernetes),
+			OnChange:        trigger,
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		return src, src.Run, nil
+	}
+	return nil, nil, fmt.Errorf("source %q: want %s or %s", c.Source, sourceKubernetes, sourceFile)
+}
+
+// kubeConfig uses the kubeconfig file when one is given, else the
+// in-cluster service account.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster config (outside a cluster, give --kubeconfig): %w", err)
+	}
+	return cfg, nil
 }

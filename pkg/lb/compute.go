@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -17,11 +20,38 @@ import (
 // lives in k8s.io/kubernetes, which we do not import for one string.
 const labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 
+// maxAffinitySeconds is the API's upper limit for
+// sessionAffinityConfig.clientIP.timeoutSeconds (one day). The constant
+// lives in k8s.io/kubernetes too.
+const maxAffinitySeconds = 86400
+
 // Input is everything Compute needs. Slices may belong to services that are
 // not in Services; they are ignored.
 type Input struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
+	// Node is the node this agent runs on. Its name decides which endpoints
+	// are local (internalTrafficPolicy: Local, node hints); its zone decides
+	// which zone hints apply.
+	Node NodeInfo
+	// ServiceSelector limits the services handled to those whose labels it
+	// matches; nil means every service. Services it does not match are
+	// skipped without a warning: they are left to another proxy.
+	ServiceSelector labels.Selector
+}
+
+// ParseServiceSelector parses a label selector in the syntax kubectl takes,
+// equality- or set-based ("tier=web,environment in (production, qa)").
+// An empty or blank s selects every service.
+func ParseServiceSelector(s string) (labels.Selector, error) {
+	if strings.TrimSpace(s) == "" {
+		return labels.Everything(), nil
+	}
+	sel, err := labels.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("parse service selector %q: %w", s, err)
+	}
+	return sel, nil
 }
 
 // Compute returns the desired state for in. It never fails: objects it
@@ -30,10 +60,12 @@ type Input struct {
 // It follows kube-proxy: one frontend per (cluster IP, service port) of every
 // service that has a cluster IP; backends come from the EndpointSlices
 // labelled with the service's name, matched by port name and protocol, taking
-// ready endpoints, or serving+terminating ones when none is ready. Headless,
-// ExternalName and service-proxy-name services are skipped without a warning:
-// they are valid, just not ours. The output is sorted and does not depend on
-// the order of the input.
+// ready endpoints, or serving+terminating ones when none is ready. With
+// internalTrafficPolicy: Local only endpoints on in.Node count (see
+// chooseBackends for that and for topology hints). Headless, ExternalName,
+// service-proxy-name services and services in.ServiceSelector does not match
+// are skipped without a warning: they are valid, just not ours. The output is
+// sorted and does not depend on the order of the input.
 func Compute(in Input) (State, []Warning) {
 	var w warnings
 	byService := groupSlices(in.EndpointSlices)
@@ -42,8 +74,11 @@ func Compute(in Input) (State, []Warning) {
 		if svc == nil {
 			continue
 		}
+		if in.ServiceSelector != nil && !in.ServiceSelector.Matches(labels.Set(svc.Labels)) {
+			continue
+		}
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		cands = append(cands, frontends(svc, byService[key], &w)...)
+		cands = append(cands, frontends(svc, byService[key], in.Node, &w)...)
 	}
 	return State{Services: uniqueFrontends(cands, &w)}, w.sorted()
 }
@@ -95,7 +130,7 @@ func groupSlices(all []*discoveryv1.EndpointSlice) map[types.NamespacedName][]*d
 // frontends returns one Service per (cluster IP, usable port) of svc, with
 // the backends its slices give. The result may hold duplicate frontends;
 // uniqueFrontends resolves those across all services.
-func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, w *warnings) []Service {
+func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeInfo, w *warnings) []Service {
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	if _, ok := svc.Labels[labelServiceProxyName]; ok {
 		return nil
@@ -129,6 +164,13 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, w *warning
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	addrs = slices.Compact(addrs)
 
+	local := trafficLocal(svc, name, w)
+	if local && node.Name == "" {
+		// Without a name no endpoint can be known to be local; refusing
+		// is what the policy asks for then, but it is surely a mistake.
+		w.add(name, "internalTrafficPolicy is Local but the node name is unknown; no backends")
+	}
+	affinity := affinityTimeout(svc, name, w)
 	parsed := parseSlices(eps, w)
 	var out []Service
 	for _, sp := range svc.Spec.Ports {
@@ -143,14 +185,56 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, w *warning
 		}
 		for _, a := range addrs {
 			out = append(out, Service{
-				Frontend: Frontend{Addr: a, Port: uint16(sp.Port), Proto: proto},
-				Name:     name,
-				PortName: sp.Name,
-				Backends: backendsFor(parsed, a.Is4(), sp.Name, proto),
+				Frontend:        Frontend{Addr: a, Port: uint16(sp.Port), Proto: proto},
+				Name:            name,
+				PortName:        sp.Name,
+				Backends:        chooseBackends(candidatesFor(parsed, a.Is4(), sp.Name, proto, node.Name), local, node),
+				TrafficLocal:    local,
+				AffinityTimeout: affinity,
 			})
 		}
 	}
 	return out
+}
+
+// trafficLocal reports whether svc has internalTrafficPolicy: Local. Unset
+// is Cluster: that is the API default, and kube-proxy reads any value other
+// than Local as Cluster too.
+func trafficLocal(svc *corev1.Service, name types.NamespacedName, w *warnings) bool {
+	p := svc.Spec.InternalTrafficPolicy
+	switch {
+	case p == nil || *p == corev1.ServiceInternalTrafficPolicyCluster:
+		return false
+	case *p == corev1.ServiceInternalTrafficPolicyLocal:
+		return true
+	}
+	w.add(name, "internalTrafficPolicy %q is not Cluster or Local; treated as Cluster", *p)
+	return false
+}
+
+// affinityTimeout returns the sticky-backend idle timeout of svc, 0 without
+// session affinity. The API server defaults an unset timeout to 10800 s and
+// rejects values outside 1..86400; objects from a file get neither, so both
+// are done here.
+func affinityTimeout(svc *corev1.Service, name types.NamespacedName, w *warnings) time.Duration {
+	switch svc.Spec.SessionAffinity {
+	case "", corev1.ServiceAffinityNone:
+		return 0
+	case corev1.ServiceAffinityClientIP:
+	default:
+		w.add(name, "sessionAffinity %q is not None or ClientIP; treated as None", svc.Spec.SessionAffinity)
+		return 0
+	}
+	secs := corev1.DefaultClientIPServiceAffinitySeconds
+	if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		secs = *c.ClientIP.TimeoutSeconds
+	}
+	if secs < 1 || secs > maxAffinitySeconds {
+		w.add(name, "sessionAffinityConfig.clientIP.timeoutSeconds %d is outside 1..%d; using the default %d",
+			secs, maxAffinitySeconds, corev1.DefaultClientIPServiceAffinitySeconds)
+		secs = corev1.DefaultClientIPServiceAffinitySeconds
+	}
+	return time.Duration(secs) * time.Second
 }
 
 // protoOf maps a Kubernetes protocol to ours. "" is TCP: that is the API
@@ -203,6 +287,8 @@ type slicePort struct {
 type endpoint struct {
 	addr                        netip.Addr
 	ready, serving, terminating bool
+	nodeName                    string   // "" when unset
+	zoneHints, nodeHints        []string // hints.forZones and hints.forNodes names
 }
 
 // parseSlices validates slices once per service, so that a bad address is
@@ -265,34 +351,76 @@ func parseSlices(all []*discoveryv1.EndpointSlice, w *warnings) []parsedSlice {
 			}
 			c := e.Conditions
 			ready := c.Ready == nil || *c.Ready
-			ps.endpoints = append(ps.endpoints, endpoint{
+			ep := endpoint{
 				addr:  a,
 				ready: ready,
 				// The API says nil serving means true, and kube-proxy reads it
 				// so; it only matters together with terminating=true.
 				serving:     c.Serving == nil || *c.Serving,
 				terminating: c.Terminating != nil && *c.Terminating,
-			})
+			}
+			if e.NodeName != nil {
+				ep.nodeName = *e.NodeName
+			}
+			if h := e.Hints; h != nil {
+				for _, z := range h.ForZones {
+					ep.zoneHints = append(ep.zoneHints, z.Name)
+				}
+				for _, n := range h.ForNodes {
+					ep.nodeHints = append(ep.nodeHints, n.Name)
+				}
+			}
+			ps.endpoints = append(ps.endpoints, ep)
 		}
 		out = append(out, ps)
 	}
 	return out
 }
 
-// backendState merges every sighting of one backend across slices.
-type backendState struct {
-	live        bool // seen as a non-terminating endpoint
-	liveReady   bool
-	termReady   bool
-	termServing bool
+// candidate is one backend as all its sightings across slices describe it.
+type candidate struct {
+	// live: seen as a non-terminating endpoint. A live sighting wins over
+	// terminating ones: the IP was reused by a new pod while the old one
+	// shuts down (kube-proxy does the same), and the new pod's conditions
+	// are the ones that hold. Sightings of the same kind are merged.
+	live    bool
+	ready   bool
+	serving bool // with !live: serving and terminating, the fallback set
+	local   bool // on the node this agent runs on
+	// zones and nodes are the union of the topology hints; nil when none.
+	zones, nodes map[string]bool
 }
 
-// backendsFor returns the sorted, unique backends of one frontend: the ready
-// endpoints of the matching family and port, or, if there are none, the
-// serving+terminating ones (kube-proxy's fallback, so that a service whose
-// pods are all shutting down still drains instead of refusing).
-func backendsFor(parsed []parsedSlice, is4 bool, portName string, proto Proto) []Backend {
-	seen := make(map[Backend]*backendState)
+func (c *candidate) add(e endpoint, nodeName string) {
+	switch live := !e.terminating; {
+	case live && !c.live:
+		*c = candidate{live: true}
+	case !live && c.live:
+		return
+	}
+	c.ready = c.ready || e.ready
+	c.serving = c.serving || e.serving
+	// kube-proxy only knows an endpoint as local when it knows its own
+	// node name.
+	c.local = c.local || (nodeName != "" && e.nodeName == nodeName)
+	c.zones = addAll(c.zones, e.zoneHints)
+	c.nodes = addAll(c.nodes, e.nodeHints)
+}
+
+func addAll(set map[string]bool, names []string) map[string]bool {
+	for _, n := range names {
+		if set == nil {
+			set = make(map[string]bool, len(names))
+		}
+		set[n] = true
+	}
+	return set
+}
+
+// candidatesFor collects the endpoints of one frontend: those of the
+// matching family, port name and protocol, one candidate per backend.
+func candidatesFor(parsed []parsedSlice, is4 bool, portName string, proto Proto, nodeName string) map[Backend]*candidate {
+	seen := make(map[Backend]*candidate)
 	for _, ps := range parsed {
 		if ps.is4 != is4 {
 			continue
@@ -305,43 +433,128 @@ func backendsFor(parsed []parsedSlice, is4 bool, portName string, proto Proto) [
 			}
 			for _, e := range ps.endpoints {
 				b := Backend{Addr: e.addr, Port: p.port}
-				st := seen[b]
-				if st == nil {
-					st = new(backendState)
-					seen[b] = st
+				c := seen[b]
+				if c == nil {
+					c = new(candidate)
+					seen[b] = c
 				}
-				if e.terminating {
-					st.termReady = st.termReady || e.ready
-					st.termServing = st.termServing || e.serving
-				} else {
-					st.live = true
-					st.liveReady = st.liveReady || e.ready
-				}
+				c.add(e, nodeName)
 			}
 		}
 	}
-	var ready, fallback []Backend
-	for b, st := range seen {
-		switch {
-		case st.live:
-			// A live sighting wins over a terminating one: the IP was reused
-			// by a new pod while the old one shuts down (kube-proxy does the
-			// same), and the new pod's conditions are the ones that hold.
-			if st.liveReady {
-				ready = append(ready, b)
+	return seen
+}
+
+// chooseBackends picks the sorted backends of one frontend the way
+// kube-proxy's CategorizeEndpoints (pkg/proxy/topology.go) picks the
+// endpoints of cluster-IP traffic:
+//
+//   - internalTrafficPolicy: Local: the ready endpoints on this node, or if
+//     there are none, the serving+terminating ones on this node. Endpoints
+//     elsewhere are never used, and topology hints do not apply.
+//   - Cluster: the ready endpoints the topology (see topologyFor) allows,
+//     or if there are none, every serving+terminating endpoint. The
+//     fallback ignores topology: topologyFor only narrows the set when a
+//     ready endpoint is left, so the fallback only happens when no
+//     endpoint anywhere is ready.
+//
+// The fallback lets a service whose pods are all shutting down drain instead
+// of refusing.
+func chooseBackends(cands map[Backend]*candidate, local bool, node NodeInfo) []Backend {
+	keep := func(use func(*candidate) bool) []Backend {
+		var out []Backend
+		for b, c := range cands {
+			if use(c) {
+				out = append(out, b)
 			}
-		case st.termReady:
-			ready = append(ready, b)
-		case st.termServing:
-			fallback = append(fallback, b)
+		}
+		slices.SortFunc(out, Backend.Compare)
+		return out
+	}
+	servingTerminating := func(c *candidate) bool { return !c.live && c.serving }
+	if local {
+		if out := keep(func(c *candidate) bool { return c.local && c.ready }); len(out) > 0 {
+			return out
+		}
+		return keep(func(c *candidate) bool { return c.local && servingTerminating(c) })
+	}
+	topo := topologyFor(cands, node)
+	if out := keep(func(c *candidate) bool { return c.ready && topo.allows(c, node) }); len(out) > 0 {
+		return out
+	}
+	return keep(servingTerminating)
+}
+
+// topology is the narrowing topology hints ask for.
+type topology int
+
+const (
+	anyTopology topology = iota // every endpoint
+	sameZone                    // endpoints hinted for this node's zone
+	sameNode                    // endpoints hinted for this node
+)
+
+func (t topology) allows(c *candidate, node NodeInfo) bool {
+	switch t {
+	case sameNode:
+		return c.nodes[node.Name]
+	case sameZone:
+		return c.zones[node.Zone]
+	}
+	return true
+}
+
+// topologyFor decides, as kube-proxy's topologyModeFromHints does, whether
+// the hints of the ready endpoints narrow the choice:
+//
+//   - same node if every ready endpoint has a node hint and one is hinted
+//     for this node (trafficDistribution: PreferSameNode; kube-proxy's
+//     PreferSameTrafficDistribution gate is GA and locked on since 1.35);
+//   - otherwise same zone if every ready endpoint has a zone hint and one is
+//     hinted for this node's zone (what PreferSameZone, PreferClose, the
+//     topology-mode: Auto annotation and the older topology-aware-hints
+//     annotation make the EndpointSlice controller write);
+//   - otherwise no narrowing: a partly hinted set means the EndpointSlice
+//     controller is mid-update or gave up, and a set without an endpoint for
+//     us would leave nothing to connect to.
+//
+// Like kube-proxy (which stopped reading spec.trafficDistribution and the
+// topology annotations itself), only the hints count: the EndpointSlice
+// controller writes hints only when the service asks for them, and so hints
+// in hand-made slices are obeyed whatever the service says. Endpoints that
+// are not ready neither need hints nor count as hinted. Unlike kube-proxy, an
+// unknown node name or zone never matches a hint, not even one with an empty
+// name (which the API accepts but no controller writes): "we do not know
+// where we are" must not read as "we are where the hint points".
+func topologyFor(cands map[Backend]*candidate, node NodeInfo) topology {
+	anyReady := false
+	allNodeHints, forNode := true, false
+	allZoneHints, forZone := true, false
+	for _, c := range cands {
+		if !c.ready {
+			continue
+		}
+		anyReady = true
+		if len(c.nodes) == 0 {
+			allNodeHints = false
+		} else if node.Name != "" && c.nodes[node.Name] {
+			forNode = true
+		}
+		if len(c.zones) == 0 {
+			allZoneHints = false
+		} else if node.Zone != "" && c.zones[node.Zone] {
+			forZone = true
 		}
 	}
-	out := ready
-	if len(out) == 0 {
-		out = fallback
+	switch {
+	case !anyReady:
+		return anyTopology
+	case allNodeHints && forNode:
+		return sameNode
+	case allZoneHints && forZone:
+		return sameZone
 	}
-	slices.SortFunc(out, Backend.Compare)
-	return out
+	return anyTopology
 }
 
 // compareService orders by frontend first, then by everything else, so that
@@ -357,6 +570,15 @@ func compareService(a, b Service) int {
 		return c
 	}
 	if c := cmp.Compare(a.PortName, b.PortName); c != 0 {
+		return c
+	}
+	if a.TrafficLocal != b.TrafficLocal {
+		if a.TrafficLocal {
+			return 1
+		}
+		return -1
+	}
+	if c := cmp.Compare(a.AffinityTimeout, b.AffinityTimeout); c != 0 {
 		return c
 	}
 	return slices.CompareFunc(a.Backends, b.Backends, Backend.Compare)

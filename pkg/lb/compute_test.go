@@ -6,10 +6,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Object constructors keep the cases below short. Everything lives in the
@@ -92,12 +94,90 @@ var (
 	http8080 = eports(eport("http", corev1.ProtocolTCP, 8080))
 )
 
+// on places an endpoint on a node.
+func on(node string, e discoveryv1.Endpoint) discoveryv1.Endpoint {
+	e.NodeName = &node
+	return e
+}
+
+// forZones adds zone hints to an endpoint, forNodes node hints.
+func forZones(e discoveryv1.Endpoint, zones ...string) discoveryv1.Endpoint {
+	h := hintsOf(e)
+	for _, z := range zones {
+		h.ForZones = append(h.ForZones, discoveryv1.ForZone{Name: z})
+	}
+	e.Hints = &h
+	return e
+}
+
+func forNodes(e discoveryv1.Endpoint, nodes ...string) discoveryv1.Endpoint {
+	h := hintsOf(e)
+	for _, n := range nodes {
+		h.ForNodes = append(h.ForNodes, discoveryv1.ForNode{Name: n})
+	}
+	e.Hints = &h
+	return e
+}
+
+// hintsOf copies e's hints, so that adding to them never changes another
+// endpoint's.
+func hintsOf(e discoveryv1.Endpoint) discoveryv1.EndpointHints {
+	if e.Hints == nil {
+		return discoveryv1.EndpointHints{}
+	}
+	return discoveryv1.EndpointHints{
+		ForZones: slices.Clone(e.Hints.ForZones),
+		ForNodes: slices.Clone(e.Hints.ForNodes),
+	}
+}
+
+// Service modifiers, for mod.
+func localPolicy(s *corev1.Service) {
+	s.Spec.InternalTrafficPolicy = ptr(corev1.ServiceInternalTrafficPolicyLocal)
+}
+
+func preferClose(s *corev1.Service) {
+	s.Spec.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferClose)
+}
+
+func preferSameNode(s *corev1.Service) {
+	s.Spec.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferSameNode)
+}
+
+func withLabels(kv ...string) func(*corev1.Service) {
+	return func(s *corev1.Service) {
+		s.Labels = map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			s.Labels[kv[i]] = kv[i+1]
+		}
+	}
+}
+
+func clientIP(timeout *int32) func(*corev1.Service) {
+	return func(s *corev1.Service) {
+		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		if timeout != nil {
+			s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: timeout}}
+		}
+	}
+}
+
+// here is the node most topology cases run on.
+var here = NodeInfo{Name: "node-a", Zone: "zone-a"}
+
 // render prints a state one frontend per line, which makes diffs readable.
 func render(st State) []string {
 	var out []string
 	for _, s := range st.Services {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%s %s[%s] ->", s.Frontend, s.Name, s.PortName)
+		fmt.Fprintf(&b, "%s %s[%s]", s.Frontend, s.Name, s.PortName)
+		if s.TrafficLocal {
+			b.WriteString(" local")
+		}
+		if s.AffinityTimeout != 0 {
+			fmt.Fprintf(&b, " affinity=%s", s.AffinityTimeout)
+		}
+		b.WriteString(" ->")
 		if len(s.Backends) == 0 {
 			b.WriteString(" (none)")
 		}
@@ -120,6 +200,9 @@ func checkOutput(t *testing.T, st State, warns []Warning) {
 		if !s.Frontend.Addr.IsValid() || s.Frontend.Port == 0 || (s.Frontend.Proto != TCP && s.Frontend.Proto != UDP) {
 			t.Errorf("invalid frontend %s", s.Frontend)
 		}
+		if s.AffinityTimeout < 0 || s.AffinityTimeout > maxAffinitySeconds*time.Second || s.AffinityTimeout%time.Second != 0 {
+			t.Errorf("%s: invalid affinity timeout %s", s.Frontend, s.AffinityTimeout)
+		}
 		for j, b := range s.Backends {
 			if j > 0 && s.Backends[j-1].Compare(b) >= 0 {
 				t.Errorf("%s: backends not sorted and unique: %s before %s", s.Frontend, s.Backends[j-1], b)
@@ -138,7 +221,8 @@ func checkOutput(t *testing.T, st State, warns []Warning) {
 
 // reversed returns a copy of in with both lists reversed.
 func reversed(in Input) Input {
-	out := Input{Services: slices.Clone(in.Services), EndpointSlices: slices.Clone(in.EndpointSlices)}
+	out := in
+	out.Services, out.EndpointSlices = slices.Clone(in.Services), slices.Clone(in.EndpointSlices)
 	slices.Reverse(out.Services)
 	slices.Reverse(out.EndpointSlices)
 	return out
@@ -149,6 +233,10 @@ func TestCompute(t *testing.T) {
 		name     string
 		services []*corev1.Service
 		slices   []*discoveryv1.EndpointSlice
+		node     NodeInfo
+		// selector is parsed with ParseServiceSelector; "" leaves
+		// Input.ServiceSelector nil.
+		selector string
 		want     []string
 		// wantWarn lists the expected warnings in order; Reason is a
 		// substring of the actual reason, which is prose.
@@ -560,12 +648,436 @@ func TestCompute(t *testing.T) {
 			},
 		},
 		{
+			name: "NodePort and LoadBalancer services balance their cluster IPs over their endpoints",
+			services: []*corev1.Service{
+				mod(svc("np", ips("10.96.0.1", "fd00:96::1"), http80), func(s *corev1.Service) {
+					s.Spec.Type = corev1.ServiceTypeNodePort
+					s.Spec.Ports[0].NodePort = 30080
+				}),
+				mod(svc("lb", ips("10.96.0.2"), http80), func(s *corev1.Service) {
+					s.Spec.Type = corev1.ServiceTypeLoadBalancer
+					s.Spec.Ports[0].NodePort = 30081
+					s.Spec.ExternalIPs = []string{"192.0.2.1"}
+					s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.1"}}
+				}),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("np-4", "np", http8080, ready("10.0.0.1")),
+				v6("np-6", "np", http8080, ready("fd00::1")),
+				v4("lb-4", "lb", http8080, ready("10.0.0.2"), terminating("10.0.0.3")),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/np[http] -> 10.0.0.1:8080",
+				"10.96.0.2:80/TCP default/lb[http] -> 10.0.0.2:8080",
+				"[fd00:96::1]:80/TCP default/np[http] -> [fd00::1]:8080",
+			},
+		},
+		{
+			// No spec.selector: the EndpointSlice controller leaves the
+			// service alone and a person or another controller writes the
+			// slice; it matches by the service-name label like any other.
+			name:     "selector-less service with a hand-made EndpointSlice",
+			services: []*corev1.Service{svc("external-db", ips("10.96.0.5"), sport("pg", corev1.ProtocolTCP, 5432))},
+			slices: []*discoveryv1.EndpointSlice{
+				mod(v4("external-db-manual", "external-db", eports(eport("pg", corev1.ProtocolTCP, 5432)),
+					discoveryv1.Endpoint{Addresses: []string{"192.0.2.10"}},
+					discoveryv1.Endpoint{Addresses: []string{"192.0.2.11"}},
+				), func(s *discoveryv1.EndpointSlice) {
+					s.Labels[discoveryv1.LabelManagedBy] = "staff"
+				}),
+			},
+			want: []string{"10.96.0.5:5432/TCP default/external-db[pg] -> 192.0.2.10:5432 192.0.2.11:5432"},
+		},
+		{
+			name:     "internalTrafficPolicy Local: only endpoints on this node",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), localPolicy)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("node-a", ready("10.0.0.1")), on("node-b", ready("10.0.0.2")), ready("10.0.0.3")),
+				v4("web-b", "web", http8080, on("node-a", ready("10.0.0.4")), on("node-a", notReady("10.0.0.5"))),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] local -> 10.0.0.1:8080 10.0.0.4:8080"},
+		},
+		{
+			name:     "internalTrafficPolicy Local without a local endpoint: no backends, connects refused",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), localPolicy)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("node-b", ready("10.0.0.2")), ready("10.0.0.3")),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] local -> (none)"},
+		},
+		{
+			// The fallback happens within the local set: a ready endpoint on
+			// another node never stands in for the local ones.
+			name:     "internalTrafficPolicy Local: no local ready endpoint, so local serving+terminating ones",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), localPolicy)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					on("node-a", terminating("10.0.0.1")),
+					on("node-a", notReady("10.0.0.2")),
+					on("node-a", cond("10.0.0.3", no, no, yes)), // terminating, not serving
+					on("node-b", ready("10.0.0.4")),
+					on("node-b", terminating("10.0.0.5")),
+				),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] local -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "internalTrafficPolicy Local: a local ready endpoint wins over local terminating ones",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), localPolicy)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("node-a", ready("10.0.0.1")), on("node-a", terminating("10.0.0.2"))),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] local -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "internalTrafficPolicy Local ignores topology hints",
+			services: []*corev1.Service{mod(mod(svc("web", ips("10.96.0.1"), http80), localPolicy), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					on("node-a", forZones(ready("10.0.0.1"), "zone-b")),
+					on("node-b", forZones(ready("10.0.0.2"), "zone-a")),
+				),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] local -> 10.0.0.1:8080"},
+		},
+		{
+			name: "internalTrafficPolicy Local with an unknown node name: no backends and a warning",
+			services: []*corev1.Service{
+				mod(svc("web", ips("10.96.0.1"), http80), localPolicy),
+				svc("api", ips("10.96.0.2"), http80), // Cluster: not affected
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("", ready("10.0.0.1")), on("node-a", ready("10.0.0.2"))),
+				v4("api-a", "api", http8080, on("", ready("10.0.0.3"))),
+			},
+			node: NodeInfo{Zone: "zone-a"},
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] local -> (none)",
+				"10.96.0.2:80/TCP default/api[http] -> 10.0.0.3:8080",
+			},
+			wantWarn: []Warning{{"default/web", "internalTrafficPolicy is Local but the node name is unknown; no backends"}},
+		},
+		{
+			name: "internalTrafficPolicy Cluster (explicit) uses endpoints on every node",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), func(s *corev1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr(corev1.ServiceInternalTrafficPolicyCluster)
+			})},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("node-a", ready("10.0.0.1")), on("node-b", ready("10.0.0.2"))),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080"},
+		},
+		{
+			name: "unknown internalTrafficPolicy is Cluster, with a warning",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), func(s *corev1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr(corev1.ServiceInternalTrafficPolicy("local"))
+			})},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("node-a", ready("10.0.0.1")), on("node-b", ready("10.0.0.2"))),
+			},
+			node:     here,
+			want:     []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080"},
+			wantWarn: []Warning{{"default/web", `internalTrafficPolicy "local" is not Cluster or Local; treated as Cluster`}},
+		},
+		{
+			name:     "PreferClose, every endpoint hinted, some for our zone: only those",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					forZones(ready("10.0.0.1"), "zone-a"),
+					forZones(ready("10.0.0.2"), "zone-b"),
+					forZones(ready("10.0.0.3"), "zone-c", "zone-a"),
+				),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.3:8080"},
+		},
+		{
+			name:     "PreferClose, one ready endpoint without hints: every endpoint",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forZones(ready("10.0.0.1"), "zone-a"), forZones(ready("10.0.0.2"), "zone-b")),
+				v4("web-b", "web", http8080, ready("10.0.0.3")),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080 10.0.0.3:8080"},
+		},
+		{
+			name:     "PreferClose, no endpoint hinted for our zone: every endpoint",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forZones(ready("10.0.0.1"), "zone-b"), forZones(ready("10.0.0.2"), "zone-c")),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080"},
+		},
+		{
+			name:     "PreferClose, node zone unknown: every endpoint",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forZones(ready("10.0.0.1"), "zone-a"), forZones(ready("10.0.0.2"), "zone-b"), forZones(ready("10.0.0.3"), "")),
+			},
+			node: NodeInfo{Name: "node-a"},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080 10.0.0.3:8080"},
+		},
+		{
+			// kube-proxy only looks at the hints of ready endpoints.
+			name:     "PreferClose: endpoints that are not ready need no hints",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forZones(ready("10.0.0.1"), "zone-a"), forZones(ready("10.0.0.2"), "zone-b"), notReady("10.0.0.3"), terminating("10.0.0.4")),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "PreferClose, no ready endpoint: serving+terminating ones of every zone",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forZones(terminating("10.0.0.1"), "zone-a"), forZones(terminating("10.0.0.2"), "zone-b"), forZones(notReady("10.0.0.3"), "zone-a")),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080"},
+		},
+		{
+			// kube-proxy trusts the hints: the EndpointSlice controller only
+			// writes them when the service asks for topology.
+			name:     "hints are obeyed without trafficDistribution; endpoint zone alone is not a hint",
+			services: []*corev1.Service{svc("web", ips("10.96.0.1"), http80), svc("api", ips("10.96.0.2"), http80)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forZones(ready("10.0.0.1"), "zone-a"), forZones(ready("10.0.0.2"), "zone-b")),
+				v4("api-a", "api", http8080,
+					ready("10.0.1.1"),
+					discoveryv1.Endpoint{Addresses: []string{"10.0.1.2"}, Zone: ptr("zone-a")},
+					discoveryv1.Endpoint{Addresses: []string{"10.0.1.3"}, Zone: ptr("zone-b")},
+				),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080",
+				"10.96.0.2:80/TCP default/api[http] -> 10.0.1.1:8080 10.0.1.2:8080 10.0.1.3:8080",
+			},
+		},
+		{
+			name:     "PreferSameNode, every endpoint node-hinted, one for this node: node hints win over zone hints",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferSameNode)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					forNodes(forZones(on("node-a", ready("10.0.0.1")), "zone-a"), "node-a"),
+					forNodes(forZones(on("node-b", ready("10.0.0.2")), "zone-a"), "node-b"),
+				),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "PreferSameNode, one endpoint without a node hint: zone hints decide",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferSameNode)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					forNodes(forZones(ready("10.0.0.1"), "zone-a"), "node-a"),
+					forZones(ready("10.0.0.2"), "zone-a"),
+					forNodes(forZones(ready("10.0.0.3"), "zone-b"), "node-c"),
+				),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080"},
+		},
+		{
+			name:     "PreferSameNode, no endpoint hinted for this node: zone hints decide",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferSameNode)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080,
+					forNodes(forZones(ready("10.0.0.1"), "zone-a"), "node-b"),
+					forNodes(forZones(ready("10.0.0.2"), "zone-b"), "node-c"),
+				),
+			},
+			node: here,
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080"},
+		},
+		{
+			name:     "PreferSameNode, node name unknown and no zone hints: every endpoint",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), preferSameNode)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, forNodes(ready("10.0.0.1"), ""), forNodes(ready("10.0.0.2"), "node-b")),
+			},
+			node: NodeInfo{Zone: "zone-a"},
+			want: []string{"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080 10.0.0.2:8080"},
+		},
+		{
+			name:     "topology is decided per family",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1", "fd00:96::1"), http80), preferClose)},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-4", "web", http8080, forZones(ready("10.0.0.1"), "zone-a"), forZones(ready("10.0.0.2"), "zone-b")),
+				v6("web-6", "web", http8080, forZones(ready("fd00::1"), "zone-a"), ready("fd00::2")),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080",
+				"[fd00:96::1]:80/TCP default/web[http] -> [fd00::1]:8080 [fd00::2]:8080",
+			},
+		},
+		{
+			// The same endpoint in two slices (it is moving between them):
+			// the sightings are merged, so the hints of either count.
+			name: "duplicate endpoint sightings merge their hints and node",
+			services: []*corev1.Service{
+				mod(svc("web", ips("10.96.0.1"), http80), localPolicy),
+				mod(svc("api", ips("10.96.0.2"), http80), preferClose),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, ready("10.0.0.1")),
+				v4("web-b", "web", http8080, on("node-a", ready("10.0.0.1"))),
+				v4("api-a", "api", http8080, ready("10.0.1.1"), forZones(ready("10.0.1.2"), "zone-b")),
+				v4("api-b", "api", http8080, forZones(ready("10.0.1.1"), "zone-a")),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] local -> 10.0.0.1:8080",
+				"10.96.0.2:80/TCP default/api[http] -> 10.0.1.1:8080",
+			},
+		},
+		{
+			name: "reused IP: the live endpoint's node and hints win over the terminating one's",
+			services: []*corev1.Service{
+				mod(svc("web", ips("10.96.0.1"), http80), localPolicy),
+				mod(svc("api", ips("10.96.0.2"), http80), preferClose),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", http8080, on("node-a", terminating("10.0.0.1"))),
+				v4("web-b", "web", http8080, on("node-b", ready("10.0.0.1"))),
+				v4("api-a", "api", http8080, forZones(terminating("10.0.1.1"), "zone-a"), forZones(ready("10.0.1.2"), "zone-b")),
+				v4("api-b", "api", http8080, forZones(ready("10.0.1.1"), "zone-b"), forZones(ready("10.0.1.3"), "zone-a")),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] local -> (none)",
+				"10.96.0.2:80/TCP default/api[http] -> 10.0.1.3:8080",
+			},
+		},
+		{
+			name: "sessionAffinity ClientIP: default timeout of 3h when unset, explicit timeout otherwise",
+			services: []*corev1.Service{
+				mod(svc("a", ips("10.96.0.1"), http80), clientIP(nil)),
+				mod(svc("b", ips("10.96.0.2"), http80), clientIP(ptr(int32(60)))),
+				mod(svc("c", ips("10.96.0.3"), http80), func(s *corev1.Service) {
+					clientIP(nil)(s)
+					s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{}}
+				}),
+				mod(svc("d", ips("10.96.0.4"), http80), clientIP(ptr(int32(86400)))),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/a[http] affinity=3h0m0s -> (none)",
+				"10.96.0.2:80/TCP default/b[http] affinity=1m0s -> (none)",
+				"10.96.0.3:80/TCP default/c[http] affinity=3h0m0s -> (none)",
+				"10.96.0.4:80/TCP default/d[http] affinity=24h0m0s -> (none)",
+			},
+		},
+		{
+			name: "sessionAffinity None or unset: no affinity, whatever the config says",
+			services: []*corev1.Service{
+				mod(svc("a", ips("10.96.0.1"), http80), func(s *corev1.Service) {
+					clientIP(ptr(int32(60)))(s)
+					s.Spec.SessionAffinity = corev1.ServiceAffinityNone
+				}),
+				mod(svc("b", ips("10.96.0.2"), http80), func(s *corev1.Service) {
+					clientIP(ptr(int32(60)))(s)
+					s.Spec.SessionAffinity = ""
+				}),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/a[http] -> (none)",
+				"10.96.0.2:80/TCP default/b[http] -> (none)",
+			},
+		},
+		{
+			name: "bad sessionAffinity settings are warned about",
+			services: []*corev1.Service{
+				mod(svc("a", ips("10.96.0.1"), http80), clientIP(ptr(int32(0)))),
+				mod(svc("b", ips("10.96.0.2"), http80), clientIP(ptr(int32(86401)))),
+				mod(svc("c", ips("10.96.0.3"), http80), func(s *corev1.Service) { s.Spec.SessionAffinity = "Cookie" }),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/a[http] affinity=3h0m0s -> (none)",
+				"10.96.0.2:80/TCP default/b[http] affinity=3h0m0s -> (none)",
+				"10.96.0.3:80/TCP default/c[http] -> (none)",
+			},
+			wantWarn: []Warning{
+				{"default/a", "timeoutSeconds 0 is outside 1..86400; using the default 10800"},
+				{"default/b", "timeoutSeconds 86401 is outside 1..86400"},
+				{"default/c", `sessionAffinity "Cookie" is not None or ClientIP; treated as None`},
+			},
+		},
+		{
+			name: "affinity and Local are carried on every frontend of the service",
+			services: []*corev1.Service{
+				mod(mod(svc("web", ips("10.96.0.1", "fd00:96::1"), http80, sport("dns", corev1.ProtocolUDP, 53)), localPolicy), clientIP(ptr(int32(30)))),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:53/UDP default/web[dns] local affinity=30s -> (none)",
+				"10.96.0.1:80/TCP default/web[http] local affinity=30s -> (none)",
+				"[fd00:96::1]:53/UDP default/web[dns] local affinity=30s -> (none)",
+				"[fd00:96::1]:80/TCP default/web[http] local affinity=30s -> (none)",
+			},
+		},
+		{
+			name: "equality-based service selector: other services are skipped silently",
+			services: []*corev1.Service{
+				mod(svc("web", ips("10.96.0.1"), http80), withLabels("tier", "web")),
+				mod(svc("db", ips("10.96.0.2"), http80), withLabels("tier", "db")),
+				svc("bare", ips("10.96.0.3"), http80),
+				mod(svc("bad", ips("nope"), http80), withLabels("tier", "db")), // skipped before it is checked
+			},
+			selector: "tier=web",
+			want:     []string{"10.96.0.1:80/TCP default/web[http] -> (none)"},
+		},
+		{
+			name: "set-based service selector",
+			services: []*corev1.Service{
+				mod(svc("prod-backend", ips("10.96.0.1"), http80), withLabels("environment", "production", "tier", "backend")),
+				mod(svc("qa", ips("10.96.0.2"), http80), withLabels("environment", "qa")),
+				mod(svc("dev", ips("10.96.0.3"), http80), withLabels("environment", "dev")),
+				mod(svc("prod-frontend", ips("10.96.0.4"), http80), withLabels("environment", "production", "tier", "frontend")),
+				svc("bare", ips("10.96.0.5"), http80),
+			},
+			selector: "environment in (production, qa), tier notin (frontend)",
+			want: []string{
+				"10.96.0.1:80/TCP default/prod-backend[http] -> (none)",
+				"10.96.0.2:80/TCP default/qa[http] -> (none)",
+			},
+		},
+		{
+			name: "service selector on label existence; service-proxy-name still wins",
+			services: []*corev1.Service{
+				mod(svc("a", ips("10.96.0.1"), http80), withLabels("socklb", "")),
+				mod(svc("b", ips("10.96.0.2"), http80), withLabels("socklb", "yes", "canary", "1")),
+				mod(svc("c", ips("10.96.0.3"), http80), withLabels("socklb", "yes", labelServiceProxyName, "other")),
+				svc("d", ips("10.96.0.4"), http80),
+			},
+			selector: "socklb,!canary",
+			want:     []string{"10.96.0.1:80/TCP default/a[http] -> (none)"},
+		},
+		{
 			name: "empty input",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := Input{Services: tt.services, EndpointSlices: tt.slices}
+			in := Input{Services: tt.services, EndpointSlices: tt.slices, Node: tt.node}
+			if tt.selector != "" {
+				sel, err := ParseServiceSelector(tt.selector)
+				if err != nil {
+					t.Fatal(err)
+				}
+				in.ServiceSelector = sel
+			}
 			st, warns := Compute(in)
 			checkOutput(t, st, warns)
 			if got := render(st); !slices.Equal(got, tt.want) {
@@ -583,6 +1095,59 @@ func TestCompute(t *testing.T) {
 	}
 }
 
+func TestParseServiceSelector(t *testing.T) {
+	tests := []struct {
+		in      string
+		match   []labels.Set
+		nomatch []labels.Set
+		wantErr bool
+	}{
+		{in: "", match: []labels.Set{nil, {"a": "b"}}},
+		{in: "  ", match: []labels.Set{nil, {"a": "b"}}},
+		{in: "tier=web", match: []labels.Set{{"tier": "web"}}, nomatch: []labels.Set{nil, {"tier": "db"}}},
+		{in: "tier!=web", match: []labels.Set{nil, {"tier": "db"}}, nomatch: []labels.Set{{"tier": "web"}}},
+		{
+			in:      "environment in (production, qa), tier notin (frontend)",
+			match:   []labels.Set{{"environment": "qa"}, {"environment": "production", "tier": "backend"}},
+			nomatch: []labels.Set{nil, {"environment": "dev"}, {"environment": "qa", "tier": "frontend"}},
+		},
+		{in: "socklb,!canary", match: []labels.Set{{"socklb": ""}}, nomatch: []labels.Set{nil, {"socklb": "", "canary": "x"}}},
+		{in: "tier in (web", wantErr: true},
+		{in: "=web", wantErr: true},
+		{in: "tier==web==x", wantErr: true},
+		{in: "Not A Label=x", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			sel, err := ParseServiceSelector(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("got selector %q, want an error", sel)
+				}
+				if msg := err.Error(); !strings.HasPrefix(msg, "parse service selector "+strconvQuote(tt.in)+": ") {
+					t.Errorf("error %q lacks the context", msg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range tt.match {
+				if !sel.Matches(l) {
+					t.Errorf("%q does not match %v", sel, l)
+				}
+			}
+			for _, l := range tt.nomatch {
+				if sel.Matches(l) {
+					t.Errorf("%q matches %v", sel, l)
+				}
+			}
+		})
+	}
+}
+
+func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
+
 func warningsMatch(got, want []Warning) bool {
 	return slices.EqualFunc(got, want, func(g, w Warning) bool {
 		return g.Object == w.Object && strings.Contains(g.Reason, w.Reason)
@@ -593,7 +1158,10 @@ func warningsMatch(got, want []Warning) bool {
 // in it and checks that the output never changes.
 func TestComputeOrderIndependent(t *testing.T) {
 	in := Input{
+		Node: here,
 		Services: []*corev1.Service{
+			mod(svc("local", ips("10.96.0.3"), http80), localPolicy),
+			mod(svc("close", ips("10.96.0.4"), http80), clientIP(nil)),
 			svc("web", ips("10.96.0.1", "fd00:96::1"), http80, sport("dns", corev1.ProtocolUDP, 53), sport("sig", corev1.ProtocolSCTP, 9)),
 			svc("api", ips("10.96.0.2"), sport("", "", 443)),
 			svc("dup", ips("10.96.0.2"), sport("", "", 443)),
@@ -610,6 +1178,10 @@ func TestComputeOrderIndependent(t *testing.T) {
 			v4("api-a", "api", eports(discoveryv1.EndpointPort{Port: ptr(int32(8443))}), ready("10.0.1.1")),
 			v4("api-b", "api", eports(eport("", corev1.ProtocolTCP, 8443)), ready("10.0.1.2"), ready("10.0.1.1")),
 			v4("db-a", "db", http8080, ready("10.0.2.1")),
+			v4("local-a", "local", http8080, on("node-a", terminating("10.0.3.1")), on("node-b", ready("10.0.3.2"))),
+			v4("local-b", "local", http8080, on("node-a", ready("10.0.3.1")), on("node-a", terminating("10.0.3.3"))),
+			v4("close-a", "close", http8080, forZones(ready("10.0.4.1"), "zone-a"), forZones(terminating("10.0.4.2"), "zone-a")),
+			v4("close-b", "close", http8080, forZones(ready("10.0.4.2"), "zone-b"), forZones(ready("10.0.4.3"), "zone-b", "zone-a")),
 			nil,
 		},
 	}
@@ -620,7 +1192,8 @@ func TestComputeOrderIndependent(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(1, 2)) // fixed seed: a failure must reproduce
 	for i := range 50 {
-		shuffled := Input{Services: slices.Clone(in.Services), EndpointSlices: slices.Clone(in.EndpointSlices)}
+		shuffled := in
+		shuffled.Services, shuffled.EndpointSlices = slices.Clone(in.Services), slices.Clone(in.EndpointSlices)
 		rng.Shuffle(len(shuffled.Services), func(a, b int) {
 			shuffled.Services[a], shuffled.Services[b] = shuffled.Services[b], shuffled.Services[a]
 		})
@@ -665,10 +1238,29 @@ var (
 	fuzzPorts  = []int32{80, 8080, 53, 0, -1, 65535, 65536, 1 << 30}
 	fuzzTypes  = []corev1.ServiceType{"", corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeExternalName, "x"}
 	fuzzAT     = []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6, discoveryv1.AddressTypeFQDN, "", "x"}
+	fuzzNodes  = []string{"n1", "n2", ""}
+	fuzzZones  = []string{"z1", "z2", ""}
+	fuzzITP    = []corev1.ServiceInternalTrafficPolicy{corev1.ServiceInternalTrafficPolicyLocal, corev1.ServiceInternalTrafficPolicyCluster, "x"}
+	fuzzTD     = []string{corev1.ServiceTrafficDistributionPreferClose, corev1.ServiceTrafficDistributionPreferSameZone, corev1.ServiceTrafficDistributionPreferSameNode, "x"}
+	fuzzSA     = []corev1.ServiceAffinity{"", corev1.ServiceAffinityNone, corev1.ServiceAffinityClientIP, "x"}
+	fuzzTO     = []int32{1, 10800, 86400, 0, -1, 86401, 1 << 30}
+	fuzzLabels = []string{"tier", "env", labelServiceProxyName}
+	fuzzValues = []string{"web", "db", ""}
+	fuzzSel    = []string{"tier=web", "env in (web, db), tier notin (db)", "tier,!env", "!tier"}
 )
 
 func fuzzInput(b *fuzzBytes) Input {
 	var in Input
+	in.Node = NodeInfo{Name: pick(b, fuzzNodes...), Zone: pick(b, fuzzZones...)}
+	if sel := b.next() % (len(fuzzSel) + 2); sel < len(fuzzSel) {
+		s, err := ParseServiceSelector(fuzzSel[sel])
+		if err != nil {
+			panic(err)
+		}
+		in.ServiceSelector = s
+	} else if sel == len(fuzzSel) {
+		in.ServiceSelector = labels.Everything()
+	}
 	for range b.next() % 4 {
 		if b.next()%8 == 0 {
 			in.Services = append(in.Services, nil)
@@ -676,10 +1268,22 @@ func fuzzInput(b *fuzzBytes) Input {
 		}
 		s := &corev1.Service{}
 		s.Namespace, s.Name = pick(b, fuzzNS...), pick(b, fuzzNames...)
-		if b.next()%6 == 0 {
-			s.Labels = map[string]string{labelServiceProxyName: ""}
+		for range b.next() % 3 {
+			if s.Labels == nil {
+				s.Labels = map[string]string{}
+			}
+			s.Labels[pick(b, fuzzLabels...)] = pick(b, fuzzValues...)
 		}
 		s.Spec.Type = pick(b, fuzzTypes...)
+		s.Spec.InternalTrafficPolicy = maybe(b, fuzzITP...)
+		s.Spec.TrafficDistribution = maybe(b, fuzzTD...)
+		s.Spec.SessionAffinity = pick(b, fuzzSA...)
+		switch b.next() % 4 {
+		case 1:
+			s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{}
+		case 2:
+			s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: maybe(b, fuzzTO...)}}
+		}
 		s.Spec.ClusterIP = pick(b, fuzzIPs...)
 		for range b.next() % 3 {
 			s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, pick(b, fuzzIPs...))
@@ -714,6 +1318,16 @@ func fuzzInput(b *fuzzBytes) Input {
 			e.Conditions.Ready = maybe(b, true, false)
 			e.Conditions.Serving = maybe(b, true, false)
 			e.Conditions.Terminating = maybe(b, true, false)
+			e.NodeName = maybe(b, fuzzNodes...)
+			if b.next()%3 != 0 {
+				e.Hints = &discoveryv1.EndpointHints{}
+				for range b.next() % 3 {
+					e.Hints.ForZones = append(e.Hints.ForZones, discoveryv1.ForZone{Name: pick(b, fuzzZones...)})
+				}
+				for range b.next() % 3 {
+					e.Hints.ForNodes = append(e.Hints.ForNodes, discoveryv1.ForNode{Name: pick(b, fuzzNodes...)})
+				}
+			}
 			s.Endpoints = append(s.Endpoints, e)
 		}
 		in.EndpointSlices = append(in.EndpointSlices, s)
@@ -730,6 +1344,11 @@ func FuzzCompute(f *testing.F) {
 		in := fuzzInput(&b)
 		st, warns := Compute(in)
 		checkOutput(t, st, warns)
+		for _, s := range st.Services {
+			if s.TrafficLocal && in.Node.Name == "" && len(s.Backends) > 0 {
+				t.Errorf("%s: Local service with backends on a node without a name", s.Frontend)
+			}
+		}
 		st2, warns2 := Compute(reversed(in))
 		if !slices.Equal(render(st2), render(st)) || !slices.Equal(warns2, warns) {
 			t.Errorf("reversed input changed the output:\n%q %q\n%q %q", render(st), warns, render(st2), warns2)

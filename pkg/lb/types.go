@@ -7,6 +7,7 @@ package lb
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -78,6 +79,22 @@ type Service struct {
 	PortName string
 	// Backends are sorted and unique. Empty means connects are refused.
 	Backends []Backend
+	// TrafficLocal is set for internalTrafficPolicy: Local. Backends then
+	// hold only endpoints on this node.
+	TrafficLocal bool
+	// AffinityTimeout is the idle time after which a client's sticky
+	// backend is forgotten (sessionAffinity: ClientIP). 0 means no affinity.
+	AffinityTimeout time.Duration
+}
+
+// NodeInfo describes the node this agent runs on.
+type NodeInfo struct {
+	// Name is the Node object's name, as EndpointSlices give it in
+	// endpoints[].nodeName. Empty means unknown.
+	Name string
+	// Zone is the node's topology.kubernetes.io/zone label. Empty means
+	// unknown.
+	Zone string
 }
 
 // State is the complete desired state, sorted by frontend.

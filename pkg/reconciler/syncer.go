@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/socklb/socklb/pkg/lb"
@@ -33,6 +34,11 @@ type SyncerOptions struct {
 	RetryBase, RetryMax time.Duration
 	// OnSync, if set, is called after every sync attempt.
 	OnSync func(Stats, error)
+	// Node is this node as configured; a source that knows more (the
+	// Kubernetes source reads the Node's zone) overrides it.
+	Node lb.NodeInfo
+	// ServiceSelector limits which Services are handled; nil = all.
+	ServiceSelector labels.Selector
 }
 
 // Syncer runs the reconciler whenever a source changes, never before every
@@ -124,11 +130,14 @@ func (s *Syncer) syncOnce() error {
 			return nil
 		}
 	}
-	var in lb.Input
+	in := lb.Input{Node: s.opts.Node, ServiceSelector: s.opts.ServiceSelector}
 	for _, src := range s.sources {
 		i := src.Input()
 		in.Services = append(in.Services, i.Services...)
 		in.EndpointSlices = append(in.EndpointSlices, i.EndpointSlices...)
+		if i.Node.Name != "" {
+			in.Node = i.Node
+		}
 	}
 	start := time.Now()
 	state, warnings := lb.Compute(in)

@@ -1,0 +1,198 @@
+// Package k8swatch is socklb's Kubernetes source: shared informers on
+// Services, EndpointSlices and this node's Node. Its event handlers only
+// note that something changed and poke the syncer; the syncer reads the
+// informers' caches as one input, and only after every informer has synced,
+// so a restarted agent never programs a partial view.
+package k8swatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/socklb/socklb/pkg/lb"
+)
+
+// labelServiceProxyName marks Services that another proxy owns; like
+// kube-proxy, the agent asks the API server not to send them at all.
+const labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+
+// labelZone is the well-known zone label of a Node.
+const labelZone = "topology.kubernetes.io/zone"
+
+// Options configure a Source.
+type Options struct {
+	Client kubernetes.Interface
+	// NodeName is this node; its Node object gives the zone. Empty: no
+	// Node informer, and node-local policies have no local endpoints.
+	NodeName string
+	// ServiceSelector, when set, is also sent to the API server so that
+	// the agent only receives the Services it handles.
+	ServiceSelector labels.Selector
+	// Resync is the informers' resync period; 0 disables it.
+	Resync   time.Duration
+	Logger   *slog.Logger
+	OnChange func()
+}
+
+// Source offers the informers' caches as an lb.Input.
+type Source struct {
+	opts      Options
+	log       *slog.Logger
+	factories []informers.SharedInformerFactory
+	services  corelisters.ServiceLister
+	slices    discoverylisters.EndpointSliceLister
+	nodes     corelisters.NodeLister
+	synced    []cache.InformerSynced
+	ready     atomic.Bool
+}
+
+// New sets up the informers; Run starts them.
+func New(opts Options) (*Source, error) {
+	if opts.Client == nil {
+		return nil, errors.New("k8swatch: no client")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.OnChange == nil {
+		opts.OnChange = func() {}
+	}
+	svcSelector, err := serverSideSelector(opts.ServiceSelector)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{opts: opts, log: opts.Logger}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { opts.OnChange() },
+		UpdateFunc: func(any, any) { opts.OnChange() },
+		DeleteFunc: func(any) { opts.OnChange() },
+	}
+	watch := func(inf cache.SharedIndexInformer) error {
+		reg, err := inf.AddEventHandler(handler)
+		if err != nil {
+			return fmt.Errorf("k8swatch: add event handler: %w", err)
+		}
+		s.synced = append(s.synced, reg.HasSynced)
+		return nil
+	}
+
+	svcFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }))
+	svcInformer := svcFactory.Core().V1().Services()
+	s.services = svcInformer.Lister()
+	if err := watch(svcInformer.Informer()); err != nil {
+		return nil, err
+	}
+
+	sliceFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync)
+	sliceInformer := sliceFactory.Discovery().V1().EndpointSlices()
+	s.slices = sliceInformer.Lister()
+	if err := watch(sliceInformer.Informer()); err != nil {
+		return nil, err
+	}
+	s.factories = append(s.factories, svcFactory, sliceFactory)
+
+	if opts.NodeName != "" {
+		nodeFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
+			}))
+		nodeInformer := nodeFactory.Core().V1().Nodes()
+		s.nodes = nodeInformer.Lister()
+		if err := watch(nodeInformer.Informer()); err != nil {
+			return nil, err
+		}
+		s.factories = append(s.factories, nodeFactory)
+	}
+	return s, nil
+}
+
+// serverSideSelector is the label selector sent with the Service list and
+// watch: never another proxy's Services, and only the selected ones.
+func serverSideSelector(user labels.Selector) (string, error) {
+	notOthers, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	if err != nil {
+		return "", fmt.Errorf("k8swatch: selector: %w", err)
+	}
+	sel := labels.NewSelector().Add(*notOthers)
+	if user != nil {
+		reqs, selectable := user.Requirements()
+		if !selectable {
+			// labels.Nothing(): keep it client-side, where it drops all.
+			return sel.String(), nil
+		}
+		sel = sel.Add(reqs...)
+	}
+	return sel.String(), nil
+}
+
+// Run starts the informers and blocks until ctx is done. It pokes
+// OnChange once every informer has synced.
+func (s *Source) Run(ctx context.Context) error {
+	for _, f := range s.factories {
+		f.Start(ctx.Done())
+	}
+	defer func() {
+		for _, f := range s.factories {
+			f.Shutdown()
+		}
+	}()
+	start := time.Now()
+	s.log.Info("waiting for informers to sync", "node", s.opts.NodeName)
+	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return nil // ctx ended first
+	}
+	s.ready.Store(true)
+	s.log.Info("informers synced", "took", time.Since(start).Round(time.Millisecond))
+	s.opts.OnChange()
+	<-ctx.Done()
+	return nil
+}
+
+// HasSynced is true once every informer has its first full list.
+func (s *Source) HasSynced() bool { return s.ready.Load() }
+
+// Input returns the cached objects. They are shared with the informers:
+// callers must not modify them.
+func (s *Source) Input() lb.Input {
+	var in lb.Input
+	svcs, err := s.services.List(labels.Everything())
+	if err != nil {
+		s.log.Error("list services from cache", "error", err)
+	}
+	slices, err := s.slices.List(labels.Everything())
+	if err != nil {
+		s.log.Error("list endpointslices from cache", "error", err)
+	}
+	in.Services = svcs
+	in.EndpointSlices = slices
+	in.Node = s.node()
+	return in
+}
+
+func (s *Source) node() lb.NodeInfo {
+	info := lb.NodeInfo{Name: s.opts.NodeName}
+	if s.nodes == nil {
+		return info
+	}
+	n, err := s.nodes.Get(s.opts.NodeName)
+	if err != nil {
+		return info // not created yet, or gone: zone unknown
+	}
+	info.Zone = n.Labels[labelZone]
+	return info
+}
