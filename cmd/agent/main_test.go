@@ -58,7 +58,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		args []string
 		want string
 	}{
-		
+
 		{[]string{"run", "--source=nfs"}, `source "nfs"`},
 		{[]string{"run", "--source=file"}, "--services-file is required"},
 		{[]string{"run", "--service-selector=env in (a"}, "selector"},
