@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testagent"
 )
 
 // agentBin is built once by TestMain.
@@ -27,11 +27,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	agentBin = filepath.Join(dir, "socklb-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "../cmd/agent")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build agent:", err)
+	agentBin, err = testagent.Build("..", dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -93,78 +91,9 @@ func (e *agentEnv) agentCmd(args ...string) *exec.Cmd {
 	return cmd
 }
 
-// agent is one running agent process.
-type agent struct {
-	cmd  *exec.Cmd
-	logs *syncBuffer
-	done chan struct{}
-}
-
-func (e *agentEnv) startAgent(t *testing.T) *agent {
+func (e *agentEnv) startAgent(t *testing.T) *testagent.Agent {
 	t.Helper()
-	a := &agent{logs: &syncBuffer{}, done: make(chan struct{})}
-	a.cmd = e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms")
-	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = a.cmd.Wait(); close(a.done) }()
-	t.Cleanup(func() {
-		a.kill(syscall.SIGTERM)
-		if t.Failed() {
-			t.Logf("agent %d log:\n%s", a.cmd.Process.Pid, a.logs.String())
-		}
-	})
-	return a
-}
-
-// kill signals only the process this test started, and reaps it.
-func (a *agent) kill(sig syscall.Signal) {
-	select {
-	case <-a.done:
-		return
-	default:
-	}
-	_ = a.cmd.Process.Signal(sig)
-	select {
-	case <-a.done:
-	case <-time.After(10 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-	}
-}
-
-func (a *agent) waitLog(t *testing.T, substr string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(a.logs.String(), substr) {
-		select {
-		case <-a.done:
-			t.Fatalf("agent exited before logging %q:\n%s", substr, a.logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent did not log %q within 15s:\n%s", substr, a.logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return testagent.Start(t, e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms", "--health-addr="), nil)
 }
 
 type inspectRow struct {
@@ -225,11 +154,11 @@ func (e *agentEnv) waitInspect(t *testing.T, what string, cond func(map[string]i
 func (e *agentEnv) pods(t *testing.T, n int, port uint16) {
 	t.Helper()
 	for i := 1; i <= n; i++ {
-		startPod(t, e.ns, fmt.Sprintf("pod-%d", i), fmt.Sprintf("198.18.0.%d", i), port)
+		testagent.StartPod(t, e.ns, fmt.Sprintf("pod-%d", i), fmt.Sprintf("198.18.0.%d", i), port)
 	}
 }
 
-func (e *agentEnv) ask(addr string) (string, error) { return ask(e.ns, "tcp4", addr) }
+func (e *agentEnv) ask(addr string) (string, error) { return testagent.Ask(e.ns, "tcp4", addr) }
 
 // servicesYAML is a Service web (198.19.0.10:80 → named port http) with
 // the given ready pods, and a Service empty (198.19.0.20:80) with none.
@@ -329,7 +258,7 @@ func TestPrivilegedAgentKillAndRestartUnderLoad(t *testing.T) {
 	e := newAgentEnv(t, servicesYAML(1, 2, 3))
 	e.pods(t, 3, 8080)
 	first := e.startAgent(t)
-	first.waitLog(t, "maps synced")
+	first.WaitLog(t, "maps synced", 15*time.Second)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var (
@@ -357,10 +286,10 @@ func TestPrivilegedAgentKillAndRestartUnderLoad(t *testing.T) {
 		}()
 	}
 	time.Sleep(200 * time.Millisecond)
-	first.kill(syscall.SIGKILL)
+	first.Kill(syscall.SIGKILL)
 	time.Sleep(300 * time.Millisecond)
 	second := e.startAgent(t)
-	second.waitLog(t, "maps synced")
+	second.WaitLog(t, "maps synced", 15*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	cancel()
 	wg.Wait()
@@ -372,7 +301,7 @@ func TestPrivilegedAgentKillAndRestartUnderLoad(t *testing.T) {
 	if total < 300 {
 		t.Errorf("only %d connects ran; too few to prove anything", total)
 	}
-	logs := second.logs.String()
+	logs := second.Logs()
 	if !strings.Contains(logs, "replaced_in_place=true") {
 		t.Errorf("restarted agent did not reuse the pinned link:\n%s", logs)
 	}

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testagent"
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
@@ -65,19 +65,7 @@ func newDatapath(t *testing.T) *datapath {
 
 func (d *datapath) pod(t *testing.T, name, addr string, port uint16) {
 	t.Helper()
-	startPod(t, d.ns, name, addr, port)
-}
-
-// startPod adds addr to the namespace and starts TCP and UDP name servers
-// on it.
-func startPod(t *testing.T, ns *sandbox.Netns, name, addr string, port uint16) {
-	t.Helper()
-	a := netip.MustParseAddr(addr)
-	if err := ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
-		t.Fatal(err)
-	}
-	sandbox.StartUDPNameServer(t, ns, netip.AddrPortFrom(a, port), name)
-	sandbox.StartTCPNameServer(t, ns, netip.AddrPortFrom(a, port), name)
+	testagent.StartPod(t, d.ns, name, addr, port)
 }
 
 func (d *datapath) apply(t *testing.T, s ...lb.Service) {
@@ -99,35 +87,8 @@ func service(vip string, port uint16, proto lb.Proto, backends ...string) lb.Ser
 	return s
 }
 
-func (d *datapath) ask(network, addr string) (string, error) { return ask(d.ns, network, addr) }
-
-// ask connects to addr from inside the namespace and returns the name the
-// backend answers with.
-func ask(ns *sandbox.Netns, network, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c, err := ns.Dial(ctx, network, addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if strings.HasPrefix(network, "udp") {
-		if _, err := c.Write([]byte("who")); err != nil {
-			return "", err
-		}
-		buf := make([]byte, 512)
-		n, err := c.Read(buf)
-		if err != nil {
-			return "", fmt.Errorf("read from %s: %w", c.RemoteAddr(), err)
-		}
-		return strings.TrimSpace(string(buf[:n])), nil
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("read from %s: %w", c.RemoteAddr(), err)
-	}
-	return strings.TrimSpace(line), nil
+func (d *datapath) ask(network, addr string) (string, error) {
+	return testagent.Ask(d.ns, network, addr)
 }
 
 const (

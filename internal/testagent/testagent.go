@@ -1,0 +1,167 @@
+// Package testagent runs socklb's agent binary and "pods" for end-to-end
+// tests: it builds the agent once, starts it as a separate process (in a
+// test network namespace when asked), watches its log, kills only what it
+// started, and asks backends for their names from inside a namespace.
+package testagent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socklb/socklb/internal/sandbox"
+)
+
+// Build compiles ./cmd/agent of the module at moduleRoot into dir.
+func Build(moduleRoot, dir string) (string, error) {
+	bin := filepath.Join(dir, "socklb-agent")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/agent")
+	cmd.Dir = moduleRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build agent: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Agent is one running agent process.
+type Agent struct {
+	Cmd  *exec.Cmd
+	logs syncBuffer
+	done chan struct{}
+}
+
+// Start runs cmd (the agent binary with its arguments). With ns set, the
+// process runs inside that network namespace. It is stopped with SIGTERM
+// when the test ends, and its log is printed if the test failed.
+func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
+	t.Helper()
+	a := &Agent{Cmd: cmd, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = &a.logs, &a.logs
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	// The agent dies with the test binary, whatever happens to it.
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	start := cmd.Start
+	if ns != nil {
+		// A child forked on a thread inside ns inherits ns.
+		start = func() error { return ns.Do(cmd.Start) }
+	}
+	if err := start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	go func() {
+		_ = cmd.Wait()
+		close(a.done)
+	}()
+	t.Cleanup(func() {
+		a.Kill(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("agent %d log:\n%s", a.Cmd.Process.Pid, a.Logs())
+		}
+	})
+	return a
+}
+
+// Logs returns everything the agent printed so far.
+func (a *Agent) Logs() string { return a.logs.String() }
+
+// Kill signals only the process this test started and waits until it is
+// gone (SIGKILL after 10 s).
+func (a *Agent) Kill(sig syscall.Signal) {
+	select {
+	case <-a.done:
+	default:
+		_ = a.Cmd.Process.Signal(sig)
+		select {
+		case <-a.done:
+		case <-time.After(10 * time.Second):
+			_ = a.Cmd.Process.Kill()
+			<-a.done
+		}
+	}
+}
+
+// WaitLog waits up to timeout for the agent to print substr.
+func (a *Agent) WaitLog(t testing.TB, substr string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(a.Logs(), substr) {
+		select {
+		case <-a.done:
+			t.Fatalf("agent exited before logging %q:\n%s", substr, a.Logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not log %q within %s:\n%s", substr, timeout, a.Logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// StartPod adds addr to the namespace's loopback and starts TCP and UDP
+// name servers answering name on addr:port.
+func StartPod(t testing.TB, ns *sandbox.Netns, name, addr string, port uint16) {
+	t.Helper()
+	a := netip.MustParseAddr(addr)
+	if err := ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
+		t.Fatal(err)
+	}
+	sandbox.StartUDPNameServer(t, ns, netip.AddrPortFrom(a, port), name)
+	sandbox.StartTCPNameServer(t, ns, netip.AddrPortFrom(a, port), name)
+}
+
+// Ask connects to addr from inside ns and returns the name the backend
+// answers with.
+func Ask(ns *sandbox.Netns, network, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := ns.Dial(ctx, network, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if strings.HasPrefix(network, "udp") {
+		if _, err := c.Write([]byte("who")); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err != nil {
+			return "", fmt.Errorf("read from %s: %w", c.RemoteAddr(), err)
+		}
+		return strings.TrimSpace(string(buf[:n])), nil
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read from %s: %w", c.RemoteAddr(), err)
+	}
+	return strings.TrimSpace(line), nil
+}
