@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -72,6 +73,9 @@ func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 	return a
 }
 
+// Done is closed when the agent process has exited.
+func (a *Agent) Done() <-chan struct{} { return a.done }
+
 // Logs returns everything the agent printed so far.
 func (a *Agent) Logs() string { return a.logs.String() }
 
@@ -125,12 +129,13 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// StartPod adds addr to the namespace's loopback and starts TCP and UDP
-// name servers answering name on addr:port.
+// StartPod adds addr to the namespace's loopback (if it is not there yet:
+// one pod may serve several ports) and starts TCP and UDP name servers
+// answering name on addr:port.
 func StartPod(t testing.TB, ns *sandbox.Netns, name, addr string, port uint16) {
 	t.Helper()
 	a := netip.MustParseAddr(addr)
-	if err := ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil {
+	if err := ns.AddAddr(netip.PrefixFrom(a, 32)); err != nil && !errors.Is(err, syscall.EEXIST) {
 		t.Fatal(err)
 	}
 	sandbox.StartUDPNameServer(t, ns, netip.AddrPortFrom(a, port), name)

@@ -1,0 +1,564 @@
+// Package cluster starts a real Kubernetes control plane for socklb's end
+// to end tests: etcd, kube-apiserver and kube-controller-manager (with only
+// the EndpointSlice and garbage collector controllers), all inside a
+// network namespace of their own and listening on 127.0.0.1 there.
+//
+// There is no kubelet and no scheduler. "Pods" are Pod objects whose spec
+// names a Node and whose status the test writes ([Cluster.CreatePod],
+// [Cluster.SetPodReady]); that is all the EndpointSlice controller reads.
+// Nodes are objects too ([Cluster.CreateNode]); the controller skips pods
+// whose node does not exist. Without a kubelet, a pod deleted with a grace
+// period stays Terminating (its endpoint serving/terminating) until it is
+// deleted again with GracePeriodSeconds 0.
+//
+// The API server authorizes with RBAC: AdminToken is in system:masters,
+// PlainToken starts with no permissions. ClusterIPs come from ServiceCIDR
+// (and ServiceCIDRv6 for dual-stack Services); default/kubernetes has
+// ClusterIP KubernetesServiceIP and no endpoints (no endpoint reconciler).
+//
+// Everything [Start] creates (processes, the namespace, temporary files) is
+// removed in t.Cleanup, also when the test fails; the components' logs are
+// printed with t.Log only when it fails. The binaries are built once and
+// cached by package kubebuild; a cold build takes minutes, so pre-build
+// them (`go run ./tests/e2e/cmd/e2e-bin`) or give `go test` a timeout
+// that leaves room for it.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/tests/e2e/kubebuild"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Addresses inside the cluster's network namespace. The namespace is
+// private, so the ports are fixed.
+const (
+	APIServerPort = 6443
+	etcdPort      = 2379
+	etcdPeerPort  = 2380
+	kcmPort       = 10257
+
+	// ServiceCIDR and ServiceCIDRv6 are --service-cluster-ip-range: the
+	// cluster is dual-stack, IPv4 first, so a Service without ipFamilies
+	// gets an IPv4 ClusterIP. Both come from the reserved benchmarking
+	// ranges (RFC 2544 198.18.0.0/15, RFC 5180 2001:2::/48), never from a
+	// routable one. Pods may take their IPs from 198.18.0.0/16 and
+	// 2001:2::/64.
+	ServiceCIDR   = "198.19.0.0/16"
+	ServiceCIDRv6 = "2001:2:0:19::/112"
+	// KubernetesServiceIP is the ClusterIP of default/kubernetes, the
+	// first address of ServiceCIDR.
+	KubernetesServiceIP = "198.19.0.1"
+)
+
+// Users in the API server's token file.
+const (
+	AdminUser = "e2e-admin" // in system:masters
+	// PlainUser is only in system:authenticated: it may do nothing until a
+	// test grants it something with RBAC, e.g. to check which permissions
+	// the agent needs.
+	PlainUser = "e2e-user"
+	kcmUser   = "system:kube-controller-manager"
+)
+
+const (
+	readyPoll    = 50 * time.Millisecond
+	readyTimeout = 60 * time.Second
+	// buildTimeout bounds building the binaries on a cold cache; it is
+	// independent of the test's own deadline (see package doc).
+	buildTimeout = 45 * time.Minute
+	logTailBytes = 128 << 10
+)
+
+// Cluster is a running control plane. Its fields are read-only.
+type Cluster struct {
+	// NS is the network namespace every component runs in. Dial the API
+	// server, and start the agent, inside it.
+	NS *sandbox.Netns
+	// Client is an admin client that dials inside NS.
+	Client kubernetes.Interface
+	// RESTConfig is Client's configuration (admin token, CA, NS.Dial), for
+	// dynamic or other clients. Copy it (rest.CopyConfig) before changing it.
+	RESTConfig *rest.Config
+	// Kubeconfig is a kubeconfig file (mode 0600) for processes started in
+	// NS, e.g. the agent: server https://127.0.0.1:6443, the admin token
+	// and the CA. Use [Cluster.WriteKubeconfig] for another user.
+	Kubeconfig string
+	// Server is the API server's URL inside NS.
+	Server string
+	// AdminToken authenticates AdminUser; PlainToken authenticates PlainUser.
+	AdminToken string
+	PlainToken string
+	// CAPEM is the CA that signed the API server's serving certificate.
+	CAPEM []byte
+	// Binaries are the cached kube-apiserver, kube-controller-manager and etcd.
+	Binaries *kubebuild.Binaries
+	// Dir holds certificates, the token file, etcd's data and the logs.
+	Dir string
+
+	apiArgs []string
+	pki     *pki
+	health  *http.Client
+
+	mu         sync.Mutex
+	etcd, kcm  *component
+	api        *component
+	components []*component // every component ever started, for logs
+}
+
+// component is one started process of the control plane.
+type component struct {
+	name string
+	log  string
+	cmd  *exec.Cmd
+	stop func() error
+}
+
+var (
+	binMu  sync.Mutex
+	binMem *kubebuild.Binaries
+)
+
+// binaries builds (once per test process, and only when the cache is cold
+// or stale) and returns the Kubernetes binaries.
+func binaries(t testing.TB) *kubebuild.Binaries {
+	t.Helper()
+	binMu.Lock()
+	defer binMu.Unlock()
+	if binMem != nil {
+		return binMem
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	start := time.Now()
+	b, err := kubebuild.Ensure(ctx, logWriter{t})
+	if err != nil {
+		t.Fatalf("Kubernetes binaries: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Logf("built the Kubernetes binaries in %v; pre-build them with `go run ./tests/e2e/cmd/e2e-bin`", d.Round(time.Second))
+	}
+	binMem = b
+	return b
+}
+
+// logWriter sends build progress to t.Log.
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// Start builds or reuses the binaries and starts etcd, kube-apiserver and
+// kube-controller-manager in a new network namespace. It returns when the
+// API server is ready, the default namespace exists and the controller
+// manager is healthy. Everything stops and is removed when the test ends.
+func Start(t testing.TB) *Cluster {
+	t.Helper()
+	sandbox.RequirePrivileges(t)
+	bins := binaries(t)
+
+	c := &Cluster{
+		Binaries:   bins,
+		NS:         sandbox.NewNetns(t),
+		Dir:        t.TempDir(),
+		Server:     "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(APIServerPort)),
+		AdminToken: token(),
+		PlainToken: token(),
+	}
+	// Cleanups run last-in first-out: stop the processes, then print the
+	// logs of a failed test, then remove Dir (t.TempDir) and the netns.
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpLogs(t)
+		}
+	})
+	t.Cleanup(func() {
+		if err := c.stopAll(); err != nil {
+			t.Errorf("stop cluster: %v", err)
+		}
+	})
+
+	var err error
+	if c.pki, err = newPKI(c.Dir); err != nil {
+		t.Fatalf("cluster certificates: %v", err)
+	}
+	c.CAPEM = c.pki.caPEM
+	kcmToken := token()
+	tokens := fmt.Sprintf("%s,%s,%s,system:masters\n%s,%s,%s\n%s,%s,%s,system:masters\n",
+		c.AdminToken, AdminUser, AdminUser,
+		c.PlainToken, PlainUser, PlainUser,
+		kcmToken, kcmUser, kcmUser)
+	tokenFile := filepath.Join(c.Dir, "tokens.csv")
+	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kcmKubeconfig := filepath.Join(c.Dir, "kcm.kubeconfig")
+	if err := c.writeKubeconfig(kcmKubeconfig, kcmUser, kcmToken); err != nil {
+		t.Fatal(err)
+	}
+	c.Kubeconfig = c.WriteKubeconfig(t, AdminUser, c.AdminToken)
+
+	c.RESTConfig = &rest.Config{
+		Host:            c.Server,
+		BearerToken:     c.AdminToken,
+		TLSClientConfig: rest.TLSClientConfig{CAData: c.CAPEM},
+		Dial:            c.NS.Dial,
+		Proxy:           noProxy, // never leave the namespace through a proxy
+		QPS:             200,
+		Burst:           400,
+		UserAgent:       "socklb-e2e",
+	}
+	if c.Client, err = kubernetes.NewForConfig(c.RESTConfig); err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	c.health = c.healthClient()
+
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeerPort)
+	c.etcd = c.start(t, "etcd", bins.Etcd,
+		"--name=e2e",
+		"--data-dir="+filepath.Join(c.Dir, "etcd"),
+		"--listen-client-urls="+etcdURL,
+		"--advertise-client-urls="+etcdURL,
+		"--listen-peer-urls="+peerURL,
+		"--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=e2e="+peerURL,
+		"--unsafe-no-fsync", // throwaway data; fsync is most of a write's cost
+		"--log-level=warn",
+	)
+
+	certDir := filepath.Join(c.Dir, "certs") // so that nothing writes to /var/run/kubernetes
+	c.apiArgs = []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(APIServerPort),
+		"--cert-dir=" + certDir,
+		"--tls-cert-file=" + c.pki.apiCertFile,
+		"--tls-private-key-file=" + c.pki.apiKeyFile,
+		"--client-ca-file=" + c.pki.caFile,
+		"--token-auth-file=" + tokenFile,
+		"--authorization-mode=RBAC",
+		// A node agent such as socklb's DaemonSet runs privileged; real
+		// clusters allow that, and the dry-run of deploy/ needs it.
+		"--allow-privileged=true",
+		"--service-cluster-ip-range=" + ServiceCIDR + "," + ServiceCIDRv6,
+		"--endpoint-reconciler-type=none",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + c.pki.saPubFile,
+		"--service-account-signing-key-file=" + c.pki.saKeyFile,
+		// No controller creates the default service accounts, and pods
+		// never run: do not require or mount tokens.
+		"--disable-admission-plugins=ServiceAccount",
+		"--enable-priority-and-fairness=false",
+		"--profiling=false",
+		"--v=1",
+	}
+	c.api = c.start(t, "kube-apiserver", bins.APIServer, c.apiArgs...)
+	if err := c.waitAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+
+	c.kcm = c.start(t, "kube-controller-manager", bins.ControllerManager,
+		"--kubeconfig="+kcmKubeconfig,
+		"--controllers=endpointslice-controller,garbage-collector-controller",
+		"--leader-elect=false",
+		"--use-service-account-credentials=false",
+		"--bind-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(kcmPort),
+		"--cert-dir="+certDir,
+		"--tls-cert-file="+c.pki.kcmCertFile,
+		"--tls-private-key-file="+c.pki.kcmKeyFile,
+		"--kube-api-qps=200",
+		"--kube-api-burst=400",
+		"--profiling=false",
+		"--v=1",
+	)
+	err = c.wait("the default namespace", func(ctx context.Context) error {
+		_, err := c.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}, c.etcd, c.api)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.wait("kube-controller-manager /healthz", func(ctx context.Context) error {
+		return c.getOK(ctx, fmt.Sprintf("https://127.0.0.1:%d/healthz", kcmPort), "")
+	}, c.etcd, c.api, c.kcm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// StopAPIServer kills kube-apiserver and waits for it to exit; etcd and
+// the controller manager keep running, as in an API server outage.
+func (c *Cluster) StopAPIServer(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	api := c.api
+	c.api = nil
+	c.mu.Unlock()
+	if api == nil {
+		t.Fatal("StopAPIServer: the API server is not running")
+	}
+	if err := api.stop(); err != nil {
+		t.Fatalf("stop kube-apiserver: %v", err)
+	}
+}
+
+// StartAPIServer starts kube-apiserver again with the same flags, port,
+// certificates and tokens, and waits until it is ready. Existing clients
+// reconnect on their own.
+func (c *Cluster) StartAPIServer(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	running := c.api != nil
+	c.mu.Unlock()
+	if running {
+		t.Fatal("StartAPIServer: the API server is running")
+	}
+	api := c.start(t, "kube-apiserver", c.Binaries.APIServer, c.apiArgs...)
+	c.mu.Lock()
+	c.api = api
+	c.mu.Unlock()
+	if err := c.waitAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// PIDs returns the process ids of the components that run now.
+func (c *Cluster) PIDs() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pids := map[string]int{}
+	for _, comp := range []*component{c.etcd, c.api, c.kcm} {
+		if comp != nil {
+			pids[comp.name] = comp.cmd.Process.Pid
+		}
+	}
+	return pids
+}
+
+// WriteKubeconfig writes a kubeconfig file (mode 0600, in a t.TempDir) for
+// the given user and token, e.g. PlainUser and PlainToken, and returns its
+// path.
+func (c *Cluster) WriteKubeconfig(t testing.TB, user, token string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), user+".kubeconfig")
+	if err := c.writeKubeconfig(path, user, token); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func (c *Cluster) writeKubeconfig(path, user, token string) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["e2e"] = &clientcmdapi.Cluster{Server: c.Server, CertificateAuthorityData: c.CAPEM}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["e2e"] = &clientcmdapi.Context{Cluster: "e2e", AuthInfo: user}
+	cfg.CurrentContext = "e2e"
+	data, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	return os.WriteFile(path, data, 0o600)
+}
+
+// start runs a component inside NS with its output appended to a log file
+// in Dir, and records it for stopAll and the logs.
+func (c *Cluster) start(t testing.TB, name, bin string, args ...string) *component {
+	t.Helper()
+	logPath := filepath.Join(c.Dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close() // the child has its own copy
+	fmt.Fprintf(f, "=== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = c.Dir
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + c.Dir, "TMPDIR=" + c.Dir}
+	cmd.Stdout, cmd.Stderr = f, f
+	stop, err := sandbox.StartProcessIn(cmd, c.NS, nil)
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	comp := &component{name: name, log: logPath, cmd: cmd, stop: stop}
+	c.mu.Lock()
+	c.components = append(c.components, comp)
+	c.mu.Unlock()
+	return comp
+}
+
+// stopAll kills every component that still runs, the controller manager
+// first and etcd last. Stopping one twice is harmless.
+func (c *Cluster) stopAll() error {
+	c.mu.Lock()
+	comps := append([]*component(nil), c.components...)
+	c.api, c.kcm, c.etcd = nil, nil, nil
+	c.mu.Unlock()
+	var errs []error
+	for i := len(comps) - 1; i >= 0; i-- {
+		if err := comps[i].stop(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", comps[i].name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cluster) waitAPIServer() error {
+	return c.wait("kube-apiserver /readyz", func(ctx context.Context) error {
+		return c.getOK(ctx, c.Server+"/readyz", c.AdminToken)
+	}, c.etcd, c.api)
+}
+
+// wait polls check every readyPoll until it returns nil, for at most
+// readyTimeout. It gives up at once when one of the watched components
+// has exited.
+func (c *Cluster) wait(what string, check func(ctx context.Context) error, watch ...*component) error {
+	deadline := time.Now().Add(readyTimeout)
+	start := time.Now()
+	var last error
+	for {
+		for _, comp := range watch {
+			if comp != nil && exited(comp.cmd.Process.Pid) {
+				return fmt.Errorf("waiting for %s: %s exited (its log is printed below)", what, comp.name)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		last = check(ctx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %v: %v", what, time.Since(start).Round(time.Millisecond), last)
+		}
+		time.Sleep(readyPoll)
+	}
+}
+
+// getOK GETs url inside NS and wants 200.
+func (c *Cluster) getOK(ctx context.Context, url, bearer string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := c.health.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	return nil
+}
+
+// healthClient is an HTTP client for health checks that dials inside NS,
+// trusts only the cluster's CA and keeps no connections across restarts.
+func (c *Cluster) healthClient() *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.CAPEM)
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:       c.NS.Dial,
+			Proxy:             noProxy,
+			TLSClientConfig:   &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+			DisableKeepAlives: true,
+		},
+		Timeout: 5 * time.Second,
+	}
+}
+
+func noProxy(*http.Request) (*url.URL, error) { return nil, nil }
+
+// dumpLogs prints the tail of each component's log.
+func (c *Cluster) dumpLogs(t testing.TB) {
+	c.mu.Lock()
+	seen := map[string]bool{}
+	var logs []*component
+	for _, comp := range c.components {
+		if !seen[comp.log] {
+			seen[comp.log] = true
+			logs = append(logs, comp)
+		}
+	}
+	c.mu.Unlock()
+	for _, comp := range logs {
+		data, err := readTail(comp.log, logTailBytes)
+		if err != nil {
+			t.Logf("%s log: %v", comp.name, err)
+			continue
+		}
+		t.Logf("--- %s log (last %d KiB at most) ---\n%s", comp.name, logTailBytes>>10, data)
+	}
+}
+
+func readTail(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > n {
+		if _, err := f.Seek(fi.Size()-n, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	return io.ReadAll(f)
+}
+
+// exited reports whether our child pid has exited (it is a zombie until
+// its stop func reaps it) or is gone.
+func exited(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name in parentheses, which may itself
+	// contain ") ".
+	i := bytes.LastIndexByte(data, ')')
+	return i < 0 || i+2 >= len(data) || data[i+2] == 'Z' || data[i+2] == 'X'
+}
+
+func token() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	return hex.EncodeToString(b[:])
+}

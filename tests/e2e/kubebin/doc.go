@@ -1,0 +1,11 @@
+// Package kubebin is a separate Go module that pins the Kubernetes and etcd
+// binaries the e2e tests run: kube-apiserver, kube-controller-manager and
+// etcd, as `tool` directives, so that go.sum lists every module they need.
+//
+// go.mod and go.sum are generated from Kubernetes' own go.mod; to move to
+// another release, change the version below and run `go generate` here.
+// The binaries are built and cached by
+// github.com/socklb/socklb/tests/e2e/kubebuild.
+package kubebin
+
+//go:generate go run ./gen -version v1.37.2
