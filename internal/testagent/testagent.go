@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -52,6 +53,15 @@ func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 	}
 	// The agent dies with the test binary, whatever happens to it.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	// Tests move themselves into client cgroups; the agent is no client,
+	// and must not keep such a cgroup busy when the test removes it.
+	home, err := os.Open(homeCgroup)
+	if err != nil {
+		t.Fatalf("open the test's own cgroup: %v", err)
+	}
+	defer home.Close()
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = int(home.Fd())
 	start := cmd.Start
 	if ns != nil {
 		// A child forked on a thread inside ns inherits ns.
@@ -72,6 +82,25 @@ func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 	})
 	return a
 }
+
+// homeCgroup is the cgroup the test binary started in, read before any
+// test moves it.
+var homeCgroup = func() string {
+	mount, err := sandbox.Cgroup2Mount()
+	if err != nil {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+			return filepath.Join(mount, rest)
+		}
+	}
+	return ""
+}()
 
 // Done is closed when the agent process has exited.
 func (a *Agent) Done() <-chan struct{} { return a.done }
