@@ -297,7 +297,9 @@ func TestPrivilegedAPIServerOutage(t *testing.T) {
 		return false, nil
 	})
 	sliceAt := time.Now()
-	e.waitOutcomes(t, a, vip(svc, 80), "web-2")
+	// The agent's own reflectors back off the same way (client-go's
+	// default, capped at 30 s with full jitter), as kube-proxy's do.
+	e.waitOutcomesFor(t, 90*time.Second, a, vip(svc, 80), "web-2")
 	t.Logf("first change after the outage: EndpointSlice updated after %s, dataplane %s later",
 		sliceAt.Sub(start).Round(time.Millisecond), time.Since(sliceAt).Round(time.Millisecond))
 }
