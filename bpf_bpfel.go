@@ -13,12 +13,37 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type BpfAffinityKey struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	RevNatId    uint32
+	Pad         uint32
+}
+
+type BpfAffinityValue struct {
+	_          structs.HostLayout
+	BackendId  uint32
+	Pad        uint32
+	LastUsedNs uint64
+}
+
 type BpfBackend struct {
 	_     structs.HostLayout
-	Addr  uint32
+	Addr  [4]uint32
 	Port  uint16
 	Proto uint8
 	Pad   uint8
+}
+
+type BpfSockState struct {
+	_           structs.HostLayout
+	Vip         [4]uint32
+	BackendAddr [4]uint32
+	VipPort     uint16
+	BackendPort uint16
+	RevNatId    uint32
+	BackendId   uint32
+	Pad         uint32
 }
 
 type BpfSvcCounters struct {
@@ -29,7 +54,7 @@ type BpfSvcCounters struct {
 
 type BpfSvcKey struct {
 	_     structs.HostLayout
-	Vip   uint32
+	Addr  [4]uint32
 	Port  uint16
 	Proto uint8
 	Scope uint8
@@ -43,24 +68,34 @@ type BpfSvcName struct {
 }
 
 type BpfSvcValue struct {
-	_         structs.HostLayout
-	BackendId uint32
-	Count     uint16
-	Base      uint16
-	RevNatId  uint32
-	Flags     uint16
-	Pad       [2]uint8
+	_               structs.HostLayout
+	BackendId       uint32
+	Count           uint16
+	Base            uint16
+	RevNatId        uint32
+	Flags           uint16
+	Pad             [2]uint8
+	AffinityTimeout uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BpfMapSocklbBeV1    = "socklb_be_v1"
-	BpfMapSocklbCntV1   = "socklb_cnt_v1"
-	BpfMapSocklbNameV1  = "socklb_name_v1"
-	BpfMapSocklbSvcV1   = "socklb_svc_v1"
-	BpfProgSock4Connect = "sock4_connect"
+	BpfMapSocklbAffV2       = "socklb_aff_v2"
+	BpfMapSocklbBeV2        = "socklb_be_v2"
+	BpfMapSocklbCntV2       = "socklb_cnt_v2"
+	BpfMapSocklbNameV2      = "socklb_name_v2"
+	BpfMapSocklbSockV2      = "socklb_sock_v2"
+	BpfMapSocklbSvcV2       = "socklb_svc_v2"
+	BpfProgSock4Connect     = "sock4_connect"
+	BpfProgSock4Getpeername = "sock4_getpeername"
+	BpfProgSock4Recvmsg     = "sock4_recvmsg"
+	BpfProgSock4Sendmsg     = "sock4_sendmsg"
+	BpfProgSock6Connect     = "sock6_connect"
+	BpfProgSock6Getpeername = "sock6_getpeername"
+	BpfProgSock6Recvmsg     = "sock6_recvmsg"
+	BpfProgSock6Sendmsg     = "sock6_sendmsg"
 )
 
 // LoadBpf returns the embedded CollectionSpec for Bpf.
@@ -105,17 +140,26 @@ type BpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfProgramSpecs struct {
-	Sock4Connect *ebpf.ProgramSpec `ebpf:"sock4_connect"`
+	Sock4Connect     *ebpf.ProgramSpec `ebpf:"sock4_connect"`
+	Sock4Getpeername *ebpf.ProgramSpec `ebpf:"sock4_getpeername"`
+	Sock4Recvmsg     *ebpf.ProgramSpec `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg     *ebpf.ProgramSpec `ebpf:"sock4_sendmsg"`
+	Sock6Connect     *ebpf.ProgramSpec `ebpf:"sock6_connect"`
+	Sock6Getpeername *ebpf.ProgramSpec `ebpf:"sock6_getpeername"`
+	Sock6Recvmsg     *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
 }
 
 // BpfMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfMapSpecs struct {
-	SocklbBeV1   *ebpf.MapSpec `ebpf:"socklb_be_v1"`
-	SocklbCntV1  *ebpf.MapSpec `ebpf:"socklb_cnt_v1"`
-	SocklbNameV1 *ebpf.MapSpec `ebpf:"socklb_name_v1"`
-	SocklbSvcV1  *ebpf.MapSpec `ebpf:"socklb_svc_v1"`
+	SocklbAffV2  *ebpf.MapSpec `ebpf:"socklb_aff_v2"`
+	SocklbBeV2   *ebpf.MapSpec `ebpf:"socklb_be_v2"`
+	SocklbCntV2  *ebpf.MapSpec `ebpf:"socklb_cnt_v2"`
+	SocklbNameV2 *ebpf.MapSpec `ebpf:"socklb_name_v2"`
+	SocklbSockV2 *ebpf.MapSpec `ebpf:"socklb_sock_v2"`
+	SocklbSvcV2  *ebpf.MapSpec `ebpf:"socklb_svc_v2"`
 }
 
 // BpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -144,18 +188,22 @@ func (o *BpfObjects) Close() error {
 //
 // It can be passed to LoadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfMaps struct {
-	SocklbBeV1   *ebpf.Map `ebpf:"socklb_be_v1"`
-	SocklbCntV1  *ebpf.Map `ebpf:"socklb_cnt_v1"`
-	SocklbNameV1 *ebpf.Map `ebpf:"socklb_name_v1"`
-	SocklbSvcV1  *ebpf.Map `ebpf:"socklb_svc_v1"`
+	SocklbAffV2  *ebpf.Map `ebpf:"socklb_aff_v2"`
+	SocklbBeV2   *ebpf.Map `ebpf:"socklb_be_v2"`
+	SocklbCntV2  *ebpf.Map `ebpf:"socklb_cnt_v2"`
+	SocklbNameV2 *ebpf.Map `ebpf:"socklb_name_v2"`
+	SocklbSockV2 *ebpf.Map `ebpf:"socklb_sock_v2"`
+	SocklbSvcV2  *ebpf.Map `ebpf:"socklb_svc_v2"`
 }
 
 func (m *BpfMaps) Close() error {
 	return _BpfClose(
-		m.SocklbBeV1,
-		m.SocklbCntV1,
-		m.SocklbNameV1,
-		m.SocklbSvcV1,
+		m.SocklbAffV2,
+		m.SocklbBeV2,
+		m.SocklbCntV2,
+		m.SocklbNameV2,
+		m.SocklbSockV2,
+		m.SocklbSvcV2,
 	)
 }
 
@@ -169,12 +217,26 @@ type BpfVariables struct {
 //
 // It can be passed to LoadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfPrograms struct {
-	Sock4Connect *ebpf.Program `ebpf:"sock4_connect"`
+	Sock4Connect     *ebpf.Program `ebpf:"sock4_connect"`
+	Sock4Getpeername *ebpf.Program `ebpf:"sock4_getpeername"`
+	Sock4Recvmsg     *ebpf.Program `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg     *ebpf.Program `ebpf:"sock4_sendmsg"`
+	Sock6Connect     *ebpf.Program `ebpf:"sock6_connect"`
+	Sock6Getpeername *ebpf.Program `ebpf:"sock6_getpeername"`
+	Sock6Recvmsg     *ebpf.Program `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
 }
 
 func (p *BpfPrograms) Close() error {
 	return _BpfClose(
 		p.Sock4Connect,
+		p.Sock4Getpeername,
+		p.Sock4Recvmsg,
+		p.Sock4Sendmsg,
+		p.Sock6Connect,
+		p.Sock6Getpeername,
+		p.Sock6Recvmsg,
+		p.Sock6Sendmsg,
 	)
 }
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Map contract between the BPF programs and pkg/maps. Go types are generated
  * from these structs by bpf2go (-type), so change them only together with a
- * map name version bump (the _v1 suffix). */
+ * map name version bump (the _v2 suffix). */
 #ifndef SOCKLB_H
 #define SOCKLB_H
 
@@ -17,33 +17,42 @@
 #define SOCKLB_LOOKUP_ATTEMPTS 3
 
 enum socklb_svc_flags {
-	SOCKLB_SVC_F_NONE = 0,
+	SOCKLB_SVC_F_AFFINITY = 1 << 0, /* sessionAffinity: ClientIP */
+	SOCKLB_SVC_F_LOCAL = 1 << 1,    /* only node-local endpoints */
+	SOCKLB_SVC_F_NODEPORT = 1 << 2, /* a NodePort frontend */
+	SOCKLB_SVC_F_EXTERNAL = 1 << 3, /* an externalIP or LB ingress IP */
 };
+
+/* Addresses are always 16 bytes in network order: IPv6 as is, IPv4 as an
+ * IPv4-mapped address (::ffff:a.b.c.d). One key format serves both
+ * families, and an AF_INET6 socket connecting to a mapped address finds the
+ * IPv4 service without a second lookup. */
 
 /* Key of the service map. slot 0 holds the service entry, slots
  * base+1..base+count hold the ids of its backends. */
 struct svc_key {
-	__be32 vip;   /* service address, network order */
-	__be16 port;  /* service port, network order */
-	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
-	__u8 scope;   /* reserved for traffic-policy scopes; 0 today */
-	__u16 slot;   /* 0 = service entry, >0 = backend slot */
+	__be32 addr[4]; /* service address */
+	__be16 port;    /* service port, network order */
+	__u8 proto;     /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 scope;     /* reserved for traffic-policy scopes; 0 today */
+	__u16 slot;     /* 0 = service entry, >0 = backend slot */
 	__u8 pad[2];
 };
 
 /* Value of the service map; which fields are meaningful depends on the slot. */
 struct svc_value {
-	__u32 backend_id; /* backend slots: id in the backend map */
-	__u16 count;      /* slot 0: number of backends, 0 = refuse */
-	__u16 base;       /* slot 0: 0 or SOCKLB_SLOT_HALF, the live half */
-	__u32 rev_nat_id; /* slot 0: frontend id, keys the counters */
-	__u16 flags;      /* slot 0: enum socklb_svc_flags */
+	__u32 backend_id;       /* backend slots: id in the backend map */
+	__u16 count;            /* slot 0: number of backends, 0 = refuse */
+	__u16 base;             /* slot 0: 0 or SOCKLB_SLOT_HALF, the live half */
+	__u32 rev_nat_id;       /* slot 0: frontend id, keys counters/affinity */
+	__u16 flags;            /* slot 0: enum socklb_svc_flags */
 	__u8 pad[2];
+	__u32 affinity_timeout; /* slot 0: seconds, with SOCKLB_SVC_F_AFFINITY */
 };
 
 /* Value of the backend map, keyed by a __u32 backend id. */
 struct backend {
-	__be32 addr; /* network order */
+	__be32 addr[4];
 	__be16 port; /* network order */
 	__u8 proto;
 	__u8 pad;
@@ -61,6 +70,33 @@ struct svc_counters {
 #define SOCKLB_NAME_LEN 128
 struct svc_name {
 	char name[SOCKLB_NAME_LEN];
+};
+
+/* What socklb did to one socket, in its socket-local storage: written when
+ * connect or sendmsg rewrites, read by recvmsg and getpeername to show the
+ * service address again. It lives and dies with the socket. */
+struct sock_state {
+	__be32 vip[4];
+	__be32 backend_addr[4];
+	__be16 vip_port;
+	__be16 backend_port;
+	__u32 rev_nat_id;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Session affinity (ClientIP): the client is the network namespace of the
+ * socket, which is a pod (the source address is not known at connect). */
+struct affinity_key {
+	__u64 netns_cookie;
+	__u32 rev_nat_id;
+	__u32 pad;
+};
+
+struct affinity_value {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_used_ns; /* bpf_ktime_get_boot_ns() */
 };
 
 #endif /* SOCKLB_H */

@@ -37,6 +37,8 @@ var (
 	ErrNotPinned = errors.New("no socklb maps pinned")
 	// ErrCgroupMismatch: a pinned link belongs to another cgroup.
 	ErrCgroupMismatch = errors.New("pinned link is attached to another cgroup")
+	// ErrKernelTooOld: a feature every program needs is missing.
+	ErrKernelTooOld = errors.New("kernel lacks a feature socklb needs")
 )
 
 // Options say where to pin and where to attach.
@@ -57,8 +59,10 @@ type Options struct {
 // Closing it releases this process's handles; the pins keep everything in
 // the kernel.
 type Datapath struct {
-	Maps  socklb.BpfMaps
-	links []link.Link
+	Maps socklb.BpfMaps
+	// Features is what the kernel was found to support.
+	Features []Feature
+	links    []link.Link
 }
 
 // Close releases the handles without detaching anything.
@@ -91,10 +95,17 @@ func Load(opts Options) (_ *Datapath, err error) {
 		return nil, fmt.Errorf("read bpf objects: %w", err)
 	}
 	if opts.MaxServiceEntries != 0 {
-		spec.Maps[socklb.BpfMapSocklbSvcV1].MaxEntries = opts.MaxServiceEntries
+		spec.Maps[socklb.BpfMapSocklbSvcV2].MaxEntries = opts.MaxServiceEntries
 	}
 	if opts.MaxBackends != 0 {
-		spec.Maps[socklb.BpfMapSocklbBeV1].MaxEntries = opts.MaxBackends
+		spec.Maps[socklb.BpfMapSocklbBeV2].MaxEntries = opts.MaxBackends
+	}
+	feats := ProbeFeatures()
+	logFeatures(log, feats)
+	if missing := unusable(feats); len(missing) > 0 {
+		// Every hook needs the same core; a partial socket LB (connects
+		// rewritten, replies not) would be worse than none.
+		return nil, fmt.Errorf("%w: this kernel cannot run %v (see the features logged above)", ErrKernelTooOld, missing)
 	}
 	reused := pinnedNames(opts.BPFFSPath, spec)
 
@@ -109,7 +120,7 @@ func Load(opts Options) (_ *Datapath, err error) {
 	}
 	// The programs are only needed until the links hold them.
 	defer coll.Close()
-	dp := &Datapath{}
+	dp := &Datapath{Features: feats}
 	if err := coll.Assign(&dp.Maps); err != nil {
 		return nil, fmt.Errorf("assign maps: %w", err)
 	}
@@ -130,6 +141,11 @@ func Load(opts Options) (_ *Datapath, err error) {
 		dp.links = append(dp.links, l)
 		log.Info("program attached", "program", name, "hook", ps.SectionName,
 			"cgroup", opts.CgroupPath, "replaced_in_place", replaced)
+	}
+	// Only now that every hook runs the new programs are maps of older
+	// layouts unused; their pins go, so nothing keeps them alive.
+	if err := removeStalePins(opts.BPFFSPath, spec, log); err != nil {
+		return nil, err
 	}
 	return dp, nil
 }
@@ -175,26 +191,44 @@ func OpenPinnedMaps(dir string) (*socklb.BpfMaps, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read bpf objects: %w", err)
 	}
-	var m socklb.BpfMaps
-	opened := map[string]*ebpf.Map{}
+	coll := &ebpf.Collection{Maps: map[string]*ebpf.Map{}}
 	for name := range spec.Maps {
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
-			for _, o := range opened {
-				o.Close()
-			}
+			coll.Close()
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, name), ErrNotPinned)
 			}
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
-		opened[name] = mp
+		coll.Maps[name] = mp
 	}
-	m.SocklbSvcV1 = opened[socklb.BpfMapSocklbSvcV1]
-	m.SocklbBeV1 = opened[socklb.BpfMapSocklbBeV1]
-	m.SocklbCntV1 = opened[socklb.BpfMapSocklbCntV1]
-	m.SocklbNameV1 = opened[socklb.BpfMapSocklbNameV1]
+	var m socklb.BpfMaps
+	if err := coll.Assign(&m); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("assign pinned maps: %w", err)
+	}
 	return &m, nil
+}
+
+// removeStalePins unpins socklb maps under dir that the current objects do
+// not define: the layouts an older agent used.
+func removeStalePins(dir string, spec *ebpf.CollectionSpec, log *slog.Logger) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read pin directory: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, "socklb_") || spec.Maps[name] != nil {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("unpin stale map %s: %w", name, err)
+		}
+		log.Info("unpinned a map of an older layout", "map", name)
+	}
+	return nil
 }
 
 // Cleanup detaches every pinned link under dir and unpins every map, then

@@ -64,9 +64,16 @@ func TestPrivilegedPinsSurviveAndAreReused(t *testing.T) {
 		t.Errorf("pin directory mode = %v (%v), want 0700", st.Mode().Perm(), err)
 	}
 	entries, _ := os.ReadDir(dir)
-	want := map[string]bool{"link_" + socklb.BpfProgSock4Connect: true}
-	for _, m := range []string{socklb.BpfMapSocklbSvcV1, socklb.BpfMapSocklbBeV1, socklb.BpfMapSocklbCntV1, socklb.BpfMapSocklbNameV1} {
-		want[m] = true
+	spec, err := socklb.LoadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for name := range spec.Programs {
+		want["link_"+name] = true
+	}
+	for name := range spec.Maps {
+		want[name] = true
 	}
 	for _, e := range entries {
 		info, _ := e.Info()

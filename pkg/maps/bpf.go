@@ -13,10 +13,11 @@ import (
 // the caller closes m.
 func New(m *socklb.BpfMaps) Maps {
 	return &store{
-		svc:   ebpfTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{m.SocklbSvcV1},
-		be:    ebpfTable[uint32, socklb.BpfBackend]{m.SocklbBeV1},
-		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV1},
-		cnt:   percpuCounters{m.SocklbCntV1},
+		svc:   ebpfTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{m.SocklbSvcV2},
+		be:    ebpfTable[uint32, socklb.BpfBackend]{m.SocklbBeV2},
+		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV2},
+		aff:   ebpfTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{m.SocklbAffV2},
+		cnt:   percpuCounters{m.SocklbCntV2},
 	}
 }
 

@@ -2,26 +2,30 @@ package maps
 
 import (
 	"encoding/binary"
-	"fmt"
 	"net/netip"
 )
 
-// The C structs hold addresses and ports in network order (__be32, __be16)
-// while bpf2go types them as plain integers that cilium/ebpf marshals in
-// host order. These helpers are the only place that converts between the two.
+// The C structs hold addresses and ports in network order (__be32[4],
+// __be16) while bpf2go types them as plain integers that cilium/ebpf
+// marshals in host order. These helpers are the only place that converts
+// between the two. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d),
+// as bpf/socklb.h says.
 
-func addrToBE32(a netip.Addr) (uint32, error) {
-	if !a.Unmap().Is4() {
-		return 0, fmt.Errorf("address %s: %w: only IPv4 is programmed", a, ErrUnsupported)
+func addrToBE(a netip.Addr) [4]uint32 {
+	b := a.Unmap().As16()
+	var out [4]uint32
+	for i := range out {
+		out[i] = binary.NativeEndian.Uint32(b[4*i:])
 	}
-	b := a.Unmap().As4()
-	return binary.NativeEndian.Uint32(b[:]), nil
+	return out
 }
 
-func be32ToAddr(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
+func beToAddr(v [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, w := range v {
+		binary.NativeEndian.PutUint32(b[4*i:], w)
+	}
+	return netip.AddrFrom16(b).Unmap()
 }
 
 func portToBE16(p uint16) uint16 {

@@ -19,6 +19,7 @@ type Fake struct {
 	svc     map[socklb.BpfSvcKey]socklb.BpfSvcValue
 	be      map[uint32]socklb.BpfBackend
 	names   map[uint32]socklb.BpfSvcName
+	aff     map[socklb.BpfAffinityKey]socklb.BpfAffinityValue
 	cnt     map[uint32]Counters
 	onWrite func()
 }
@@ -29,12 +30,14 @@ func NewFake() *Fake {
 		svc:   make(map[socklb.BpfSvcKey]socklb.BpfSvcValue),
 		be:    make(map[uint32]socklb.BpfBackend),
 		names: make(map[uint32]socklb.BpfSvcName),
+		aff:   make(map[socklb.BpfAffinityKey]socklb.BpfAffinityValue),
 		cnt:   make(map[uint32]Counters),
 	}
 	f.store = &store{
 		svc:   memTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{f, f.svc},
 		be:    memTable[uint32, socklb.BpfBackend]{f, f.be},
 		names: memTable[uint32, socklb.BpfSvcName]{f, f.names},
+		aff:   memTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{f, f.aff},
 		cnt:   memCounters{f},
 	}
 	return f
@@ -78,7 +81,7 @@ func (f *Fake) Lookup(fe Frontend, n uint32) (b Backend, ok bool, err error) {
 		return Backend{}, true, fmt.Errorf("%s: backend %d missing", fe, slot.BackendId)
 	}
 	c.Connects++
-	return Backend{Addr: be32ToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}, true, nil
+	return Backend{Addr: beToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}, true, nil
 }
 
 // CheckConsistent reports every live entry whose slots or backends a reader
@@ -105,6 +108,22 @@ func (f *Fake) CheckConsistent() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// SetAffinity records that client last used backend for the frontend
+// revNAT, as the program does on a connect.
+func (f *Fake) SetAffinity(client uint64, revNAT RevNATID, backend BackendID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.aff[socklb.BpfAffinityKey{NetnsCookie: client, RevNatId: uint32(revNAT)}] = socklb.BpfAffinityValue{BackendId: uint32(backend)}
+}
+
+// Affinity returns the backend client sticks to for revNAT, if any.
+func (f *Fake) Affinity(client uint64, revNAT RevNATID) (BackendID, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.aff[socklb.BpfAffinityKey{NetnsCookie: client, RevNatId: uint32(revNAT)}]
+	return BackendID(v.BackendId), ok
 }
 
 // Len returns the number of entries in the service and backend maps.

@@ -37,7 +37,7 @@ const nameLen = 128
 var (
 	// ErrTooManyBackends: a service has more backends than one half of its slots.
 	ErrTooManyBackends = errors.New("too many backends for one service")
-	// ErrUnsupported: the address family or protocol cannot be programmed.
+	// ErrUnsupported: the address or protocol cannot be programmed.
 	ErrUnsupported = errors.New("unsupported frontend or backend")
 )
 
@@ -63,11 +63,21 @@ func (b Backend) String() string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(b.Addr, b.Port), protoName(b.Proto))
 }
 
+// Flags of a service entry; they mirror enum socklb_svc_flags.
+const (
+	FlagAffinity uint16 = 1 << 0
+	FlagLocal    uint16 = 1 << 1
+	FlagNodePort uint16 = 1 << 2
+	FlagExternal uint16 = 1 << 3
+)
+
 // Service is one frontend's entry: its id, flags and ordered backend ids.
 type Service struct {
 	Frontend Frontend
 	RevNATID RevNATID
 	Flags    uint16
+	// AffinityTimeout is in seconds; it applies with FlagAffinity.
+	AffinityTimeout uint32
 	// Name is "namespace/name:port", kept for inspect and bpftool.
 	Name     string
 	Backends []BackendID
@@ -87,9 +97,11 @@ type Maps interface {
 	// DeleteBackend removes a backend.
 	DeleteBackend(id BackendID) error
 	// PublishService makes s's backend set live in one step: a reader sees
-	// either the old set or the new one, never a mix.
+	// either the old set or the new one, never a mix. Affinity entries
+	// that point at a backend no longer in the set are dropped.
 	PublishService(s Service) error
-	// DeleteService removes a frontend, its slots, counters and name.
+	// DeleteService removes a frontend, its slots, counters, name and
+	// affinity entries.
 	DeleteService(fe Frontend) error
 	// Services returns every published frontend.
 	Services() ([]Service, error)

@@ -20,17 +20,28 @@ func TestByteOrderMatchesNetworkOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := k.Vip
-	// In memory the C struct holds the address bytes in network order.
-	raw := [4]byte{byte(b), byte(b >> 8), byte(b >> 16), byte(b >> 24)}
-	if raw != [4]byte{198, 19, 0, 10} {
-		t.Errorf("vip bytes = %v, want 198.19.0.10 in network order", raw)
+	// In memory the C struct holds the address bytes in network order,
+	// IPv4 as ::ffff:a.b.c.d.
+	var raw [16]byte
+	for i, w := range k.Addr {
+		raw[4*i], raw[4*i+1], raw[4*i+2], raw[4*i+3] = byte(w), byte(w>>8), byte(w>>16), byte(w>>24)
+	}
+	if want := netip.MustParseAddr("::ffff:198.19.0.10").As16(); raw != want {
+		t.Errorf("vip bytes = %v, want %v", raw, want)
 	}
 	if p := k.Port; [2]byte{byte(p), byte(p >> 8)} != [2]byte{0, 80} {
 		t.Errorf("port bytes = %v, want [0 80]", [2]byte{byte(p), byte(p >> 8)})
 	}
 	if got := keyFrontend(k); got != vip {
 		t.Errorf("round trip = %v, want %v", got, vip)
+	}
+	v6 := Frontend{Addr: netip.MustParseAddr("2001:2::10"), Port: 443, Proto: ProtoTCP}
+	k6, err := frontendKey(v6, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := keyFrontend(k6); got != v6 {
+		t.Errorf("IPv6 round trip = %v, want %v", got, v6)
 	}
 }
 
@@ -194,9 +205,9 @@ func TestPruneRemovesOrphanSlots(t *testing.T) {
 
 func TestRejects(t *testing.T) {
 	f := NewFake()
-	v6 := Frontend{Addr: netip.MustParseAddr("fd00::1"), Port: 80, Proto: ProtoTCP}
-	if err := f.PublishService(Service{Frontend: v6}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("IPv6 frontend: %v, want ErrUnsupported", err)
+	zoned := Frontend{Addr: netip.MustParseAddr("fe80::1%lo"), Port: 80, Proto: ProtoTCP}
+	if err := f.PublishService(Service{Frontend: zoned}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("zoned frontend: %v, want ErrUnsupported", err)
 	}
 	sctp := Frontend{Addr: vip.Addr, Port: 80, Proto: 132}
 	if err := f.PublishService(Service{Frontend: sctp}); !errors.Is(err, ErrUnsupported) {
@@ -206,7 +217,36 @@ func TestRejects(t *testing.T) {
 	if err := f.PublishService(Service{Frontend: vip, Backends: big}); !errors.Is(err, ErrTooManyBackends) {
 		t.Errorf("too many backends: %v", err)
 	}
-	if err := f.UpsertBackend(1, Backend{Addr: netip.MustParseAddr("fd00::2"), Port: 1}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("IPv6 backend: %v", err)
+	if err := f.UpsertBackend(1, Backend{Port: 1}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("backend without an address: %v", err)
+	}
+}
+
+func TestAffinityEntriesFollowTheBackendSet(t *testing.T) {
+	f := NewFake()
+	_ = f.UpsertBackend(1, be1)
+	_ = f.UpsertBackend(2, be2)
+	aff := Service{Frontend: vip, RevNATID: 5, Flags: FlagAffinity, AffinityTimeout: 60, Backends: []BackendID{1, 2}}
+	mustPublish(t, f, aff)
+	f.SetAffinity(100, 5, 1)
+	f.SetAffinity(200, 5, 2)
+	f.SetAffinity(300, 6, 2) // another frontend: untouched
+
+	aff.Backends = []BackendID{2}
+	mustPublish(t, f, aff)
+	if _, ok := f.Affinity(100, 5); ok {
+		t.Error("client 100 still sticks to backend 1, which left the service")
+	}
+	if id, ok := f.Affinity(200, 5); !ok || id != 2 {
+		t.Errorf("client 200 lost its affinity to backend 2, which stayed: %v %v", id, ok)
+	}
+	if err := f.DeleteService(vip); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.Affinity(200, 5); ok {
+		t.Error("affinity survived the deletion of its frontend")
+	}
+	if _, ok := f.Affinity(300, 6); !ok {
+		t.Error("another frontend's affinity was dropped")
 	}
 }

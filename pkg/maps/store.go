@@ -31,6 +31,7 @@ type store struct {
 	svc   table[socklb.BpfSvcKey, socklb.BpfSvcValue]
 	be    table[uint32, socklb.BpfBackend]
 	names table[uint32, socklb.BpfSvcName]
+	aff   table[socklb.BpfAffinityKey, socklb.BpfAffinityValue]
 	cnt   counterTable
 }
 
@@ -40,23 +41,21 @@ func frontendKey(fe Frontend, slot uint16) (socklb.BpfSvcKey, error) {
 	if fe.Proto != ProtoTCP && fe.Proto != ProtoUDP {
 		return socklb.BpfSvcKey{}, fmt.Errorf("frontend %s: %w", fe, ErrUnsupported)
 	}
-	vip, err := addrToBE32(fe.Addr)
-	if err != nil {
-		return socklb.BpfSvcKey{}, fmt.Errorf("frontend %s: %w", fe, err)
+	if !fe.Addr.IsValid() || fe.Addr.Zone() != "" {
+		return socklb.BpfSvcKey{}, fmt.Errorf("frontend %s: address: %w", fe, ErrUnsupported)
 	}
-	return socklb.BpfSvcKey{Vip: vip, Port: portToBE16(fe.Port), Proto: fe.Proto, Slot: slot}, nil
+	return socklb.BpfSvcKey{Addr: addrToBE(fe.Addr), Port: portToBE16(fe.Port), Proto: fe.Proto, Slot: slot}, nil
 }
 
 func keyFrontend(k socklb.BpfSvcKey) Frontend {
-	return Frontend{Addr: be32ToAddr(k.Vip), Port: be16ToPort(k.Port), Proto: k.Proto}
+	return Frontend{Addr: beToAddr(k.Addr), Port: be16ToPort(k.Port), Proto: k.Proto}
 }
 
 func (s *store) UpsertBackend(id BackendID, b Backend) error {
-	addr, err := addrToBE32(b.Addr)
-	if err != nil {
-		return fmt.Errorf("backend %d: %w", id, err)
+	if !b.Addr.IsValid() || b.Addr.Zone() != "" {
+		return fmt.Errorf("backend %d (%s): address: %w", id, b, ErrUnsupported)
 	}
-	v := socklb.BpfBackend{Addr: addr, Port: portToBE16(b.Port), Proto: b.Proto}
+	v := socklb.BpfBackend{Addr: addrToBE(b.Addr), Port: portToBE16(b.Port), Proto: b.Proto}
 	if err := s.be.put(uint32(id), v); err != nil {
 		return fmt.Errorf("write backend %d (%s): %w", id, b, err)
 	}
@@ -105,10 +104,11 @@ func (s *store) PublishService(svc Service) error {
 		return fmt.Errorf("publish %s: write name: %w", svc.Frontend, err)
 	}
 	entry := socklb.BpfSvcValue{
-		Count:    uint16(len(svc.Backends)),
-		Base:     base,
-		RevNatId: uint32(svc.RevNATID),
-		Flags:    svc.Flags,
+		Count:           uint16(len(svc.Backends)),
+		Base:            base,
+		RevNatId:        uint32(svc.RevNATID),
+		Flags:           svc.Flags,
+		AffinityTimeout: svc.AffinityTimeout,
 	}
 	if err := s.svc.put(entryKey, entry); err != nil {
 		return fmt.Errorf("publish %s: write entry: %w", svc.Frontend, err)
@@ -121,6 +121,35 @@ func (s *store) PublishService(svc Service) error {
 			if err := s.removeIDState(old.RevNatId); err != nil {
 				return fmt.Errorf("publish %s: %w", svc.Frontend, err)
 			}
+		}
+	}
+	keep := make(map[uint32]bool, len(svc.Backends))
+	for _, id := range svc.Backends {
+		keep[uint32(id)] = true
+	}
+	if svc.Flags&FlagAffinity == 0 {
+		keep = nil
+	}
+	if err := s.purgeAffinity(entry.RevNatId, keep); err != nil {
+		return fmt.Errorf("publish %s: %w", svc.Frontend, err)
+	}
+	return nil
+}
+
+// purgeAffinity drops the affinity entries of a frontend whose backend is
+// not in keep (all of them when keep is nil), so that a client never
+// sticks to a backend that left the service.
+func (s *store) purgeAffinity(revNAT uint32, keep map[uint32]bool) error {
+	all, err := s.aff.all()
+	if err != nil {
+		return fmt.Errorf("read affinity map: %w", err)
+	}
+	for k, v := range all {
+		if k.RevNatId != revNAT || keep[v.BackendId] {
+			continue
+		}
+		if err := s.aff.remove(k); err != nil {
+			return fmt.Errorf("delete affinity entry: %w", err)
 		}
 	}
 	return nil
@@ -140,6 +169,9 @@ func (s *store) removeSlots(entryKey socklb.BpfSvcKey, base, count uint16) error
 func (s *store) removeIDState(id uint32) error {
 	if err := s.cnt.remove(id); err != nil {
 		return fmt.Errorf("delete counters %d: %w", id, err)
+	}
+	if err := s.purgeAffinity(id, nil); err != nil {
+		return err
 	}
 	if err := s.names.remove(id); err != nil {
 		return fmt.Errorf("delete name %d: %w", id, err)
@@ -188,11 +220,12 @@ func (s *store) Services() ([]Service, error) {
 			continue
 		}
 		svc := Service{
-			Frontend: keyFrontend(k),
-			RevNATID: RevNATID(v.RevNatId),
-			Flags:    v.Flags,
-			Name:     decodeName(names[v.RevNatId]),
-			Backends: make([]BackendID, 0, v.Count),
+			Frontend:        keyFrontend(k),
+			RevNATID:        RevNATID(v.RevNatId),
+			Flags:           v.Flags,
+			AffinityTimeout: v.AffinityTimeout,
+			Name:            decodeName(names[v.RevNatId]),
+			Backends:        make([]BackendID, 0, v.Count),
 		}
 		for i := uint16(1); i <= v.Count; i++ {
 			sk := k
@@ -216,7 +249,7 @@ func (s *store) Backends() (map[BackendID]Backend, error) {
 	}
 	out := make(map[BackendID]Backend, len(all))
 	for id, v := range all {
-		out[BackendID(id)] = Backend{Addr: be32ToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}
+		out[BackendID(id)] = Backend{Addr: beToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}
 	}
 	return out, nil
 }

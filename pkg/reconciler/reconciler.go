@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	stdmaps "maps"
 	"slices"
+	"time"
 
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/maps"
@@ -20,6 +21,8 @@ import (
 type written struct {
 	revNAT   maps.RevNATID
 	name     string
+	flags    uint16
+	affinity uint32
 	backends []maps.BackendID
 }
 
@@ -85,7 +88,9 @@ func (r *Reconciler) Restore() error {
 		r.nextBackend = max(r.nextBackend, id)
 	}
 	for _, s := range svcs {
-		r.services[s.Frontend] = written{revNAT: s.RevNATID, name: s.Name, backends: s.Backends}
+		r.services[s.Frontend] = written{
+			revNAT: s.RevNATID, name: s.Name, flags: s.Flags, affinity: s.AffinityTimeout, backends: s.Backends,
+		}
 		r.revNATs[s.RevNATID] = true
 		r.nextRevNAT = max(r.nextRevNAT, s.RevNATID)
 	}
@@ -113,6 +118,8 @@ func (r *Reconciler) Apply(desired lb.State) (Stats, error) {
 type desiredService struct {
 	fe       maps.Frontend
 	name     string
+	flags    uint16
+	affinity uint32 // seconds
 	backends []maps.Backend
 }
 
@@ -161,7 +168,8 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 			ids[i] = r.backends[b]
 		}
 		old, exists := r.services[d.fe]
-		if exists && old.name == d.name && slices.Equal(old.backends, ids) {
+		if exists && old.name == d.name && old.flags == d.flags && old.affinity == d.affinity &&
+			slices.Equal(old.backends, ids) {
 			continue
 		}
 		revNAT := old.revNAT
@@ -171,11 +179,14 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 				return st, err
 			}
 		}
-		err := r.maps.PublishService(maps.Service{Frontend: d.fe, RevNATID: revNAT, Name: d.name, Backends: ids})
+		err := r.maps.PublishService(maps.Service{
+			Frontend: d.fe, RevNATID: revNAT, Name: d.name, Backends: ids,
+			Flags: d.flags, AffinityTimeout: d.affinity,
+		})
 		if err != nil {
 			return st, fmt.Errorf("publish %s (%s): %w", d.fe, d.name, err)
 		}
-		r.services[d.fe] = written{revNAT: revNAT, name: d.name, backends: ids}
+		r.services[d.fe] = written{revNAT: revNAT, name: d.name, flags: d.flags, affinity: d.affinity, backends: ids}
 		r.revNATs[revNAT] = true
 		st.Published++
 		r.log.Debug("published", "frontend", d.fe, "service", d.name, "backends", len(ids))
@@ -242,23 +253,38 @@ func (r *Reconciler) allocRevNAT() (maps.RevNATID, error) {
 	return 0, fmt.Errorf("allocate frontend id: %w", ErrIDsExhausted)
 }
 
-// toMaps converts a model frontend to what the dataplane programs; ok is
-// false for what it cannot program yet (IPv6 frontends or backends).
+// toMaps converts a model frontend to what the dataplane programs. ok is
+// false for what it cannot program: a backend of another family than its
+// frontend (the model never makes one; the check keeps the maps sane).
 func toMaps(s lb.Service) (desiredService, bool) {
-	if !s.Frontend.Addr.Is4() {
+	d := desiredService{
+		fe:       maps.Frontend{Addr: s.Frontend.Addr.Unmap(), Port: s.Frontend.Port, Proto: uint8(s.Frontend.Proto)},
+		name:     serviceName(s),
+		flags:    flagsOf(s),
+		affinity: uint32(s.AffinityTimeout / time.Second),
+	}
+	if !d.fe.Addr.IsValid() {
 		return desiredService{}, false
 	}
-	d := desiredService{
-		fe:   maps.Frontend{Addr: s.Frontend.Addr, Port: s.Frontend.Port, Proto: uint8(s.Frontend.Proto)},
-		name: serviceName(s),
-	}
 	for _, b := range s.Backends {
-		if !b.Addr.Unmap().Is4() {
-			continue
+		a := b.Addr.Unmap()
+		if a.Is4() != d.fe.Addr.Is4() {
+			return desiredService{}, false
 		}
-		d.backends = append(d.backends, maps.Backend{Addr: b.Addr.Unmap(), Port: b.Port, Proto: uint8(s.Frontend.Proto)})
+		d.backends = append(d.backends, maps.Backend{Addr: a, Port: b.Port, Proto: uint8(s.Frontend.Proto)})
 	}
 	return d, true
+}
+
+func flagsOf(s lb.Service) uint16 {
+	var f uint16
+	if s.AffinityTimeout > 0 {
+		f |= maps.FlagAffinity
+	}
+	if s.TrafficLocal {
+		f |= maps.FlagLocal
+	}
+	return f
 }
 
 func serviceName(s lb.Service) string {

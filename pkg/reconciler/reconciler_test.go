@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 
@@ -54,9 +55,6 @@ func resolved(t *testing.T, f *maps.Fake) map[string][]string {
 func expected(st lb.State) map[string][]string {
 	out := map[string][]string{}
 	for _, s := range st.Services {
-		if !s.Frontend.Addr.Is4() {
-			continue
-		}
 		fe := maps.Frontend{Addr: s.Frontend.Addr, Port: s.Frontend.Port, Proto: uint8(s.Frontend.Proto)}
 		var bs []string
 		for _, b := range s.Backends {
@@ -171,16 +169,43 @@ func TestRestoreKeepsIDsAndWritesNothing(t *testing.T) {
 	assertResolves(t, f, stateB)
 }
 
-func TestSkipsWhatTheDataplaneCannotProgram(t *testing.T) {
+func TestProgramsBothFamiliesAndSkipsMixedOnes(t *testing.T) {
 	f := maps.NewFake()
 	st, err := New(f, nil).Apply(stateV6)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Skipped != 1 || st.Services != 1 {
-		t.Errorf("stats = %+v, want 1 skipped, 1 programmed", st)
+	if st.Skipped != 0 || st.Services != 2 {
+		t.Errorf("stats = %+v, want 2 programmed", st)
 	}
 	assertResolves(t, f, stateV6)
+
+	mixed := state(svc("fd00::10", 80, lb.TCP, "web6", "198.18.0.1:8080"))
+	st, err = New(maps.NewFake(), nil).Apply(mixed)
+	if err != nil || st.Skipped != 1 {
+		t.Errorf("IPv6 frontend with an IPv4 backend: %+v, %v; want it skipped", st, err)
+	}
+}
+
+func TestAffinityAndFlagsReachTheMaps(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, nil)
+	s := svc("198.19.0.10", 80, lb.TCP, "web", "198.18.0.1:8080")
+	s.AffinityTimeout = 3 * time.Hour
+	s.TrafficLocal = true
+	if _, err := r.Apply(state(s)); err != nil {
+		t.Fatal(err)
+	}
+	svcs, _ := f.Services()
+	if got := svcs[0]; got.Flags != maps.FlagAffinity|maps.FlagLocal || got.AffinityTimeout != 10800 {
+		t.Errorf("entry flags %b timeout %d, want affinity|local and 10800", got.Flags, got.AffinityTimeout)
+	}
+	// Turning affinity off is a change that must be written.
+	s.AffinityTimeout = 0
+	st, err := r.Apply(state(s))
+	if err != nil || st.Published != 1 {
+		t.Errorf("affinity switched off: %+v, %v; want one publish", st, err)
+	}
 }
 
 // TestRecoversFromAFaultAtEveryStep fails the n-th map operation of a sync,
