@@ -198,18 +198,32 @@ func TestPrivilegedOtherAddressesAreUntouched(t *testing.T) {
 // and none that starts after an update returned may reach a backend that
 // the update removed.
 func TestPrivilegedBackendSwapUnderLoad(t *testing.T) {
-	d := newDatapath(t)
-	sets := [][]string{
-		{"198.18.0.1:8080", "198.18.0.2:8080"},
-		{"198.18.0.3:8080"},
-		{"198.18.0.4:8080", "198.18.0.5:8080", "198.18.0.1:8080"},
-	}
+	swapUnderLoad(t, newDatapath(t), vip, "198.18.0.%d")
+}
+
+// swapUnderLoad runs the swap test against the frontend vip:80 with five
+// pods at fmt.Sprintf(podFormat, 1..5).
+func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
+	t.Helper()
+	var pods []string
 	names := map[string]string{}
 	for i := 1; i <= 5; i++ {
-		addr := fmt.Sprintf("198.18.0.%d", i)
+		addr := fmt.Sprintf(podFormat, i)
 		d.pod(t, "pod-"+addr, addr, 8080)
-		names[addr+":8080"] = "pod-" + addr
+		ap := netip.AddrPortFrom(netip.MustParseAddr(addr), 8080).String()
+		pods = append(pods, ap)
+		names[ap] = "pod-" + addr
 	}
+	sets := [][]string{
+		{pods[0], pods[1]},
+		{pods[2]},
+		{pods[3], pods[4], pods[0]},
+	}
+	network := "tcp4"
+	if netip.MustParseAddr(vip).Is6() {
+		network = "tcp6"
+	}
+	target := netip.AddrPortFrom(netip.MustParseAddr(vip), 80).String()
 	d.apply(t, service(vip, 80, lb.TCP, sets[0]...))
 
 	type result struct {
@@ -229,7 +243,7 @@ func TestPrivilegedBackendSwapUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				start := time.Now()
-				name, err := d.ask("tcp4", vip+":80")
+				name, err := d.ask(network, target)
 				mu.Lock()
 				results = append(results, result{start, name, err})
 				mu.Unlock()
