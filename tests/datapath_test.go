@@ -27,6 +27,7 @@ import (
 // cgroup that this test process has joined, maps pinned on a private bpffs,
 // and a network namespace for clients and backends.
 type datapath struct {
+	dp    *loader.Datapath
 	ns    *sandbox.Netns
 	cg    *sandbox.Cgroup
 	bpffs string
@@ -58,6 +59,7 @@ func newDatapath(t *testing.T) *datapath {
 			t.Error(err)
 		}
 	})
+	d.dp = dp
 	d.maps = maps.New(&dp.Maps)
 	d.rec = reconciler.New(d.maps, nil)
 	return d
