@@ -35,6 +35,12 @@ type BpfBackend struct {
 	Pad   uint8
 }
 
+type BpfDeparture struct {
+	_         structs.HostLayout
+	RevNatId  uint32
+	BackendId uint32
+}
+
 type BpfSockState struct {
 	_           structs.HostLayout
 	Vip         [4]uint32
@@ -43,7 +49,7 @@ type BpfSockState struct {
 	BackendPort uint16
 	RevNatId    uint32
 	BackendId   uint32
-	Pad         uint32
+	Flags       uint32
 }
 
 type BpfSvcCounters struct {
@@ -85,6 +91,7 @@ const (
 	BpfMapSocklbAffV2       = "socklb_aff_v2"
 	BpfMapSocklbBeV2        = "socklb_be_v2"
 	BpfMapSocklbCntV2       = "socklb_cnt_v2"
+	BpfMapSocklbGoneV2      = "socklb_gone_v2"
 	BpfMapSocklbNameV2      = "socklb_name_v2"
 	BpfMapSocklbSockV2      = "socklb_sock_v2"
 	BpfMapSocklbSvcV2       = "socklb_svc_v2"
@@ -96,6 +103,8 @@ const (
 	BpfProgSock6Getpeername = "sock6_getpeername"
 	BpfProgSock6Recvmsg     = "sock6_recvmsg"
 	BpfProgSock6Sendmsg     = "sock6_sendmsg"
+	BpfProgSockDestroyTcp   = "sock_destroy_tcp"
+	BpfProgSockDestroyUdp   = "sock_destroy_udp"
 )
 
 // LoadBpf returns the embedded CollectionSpec for Bpf.
@@ -148,6 +157,8 @@ type BpfProgramSpecs struct {
 	Sock6Getpeername *ebpf.ProgramSpec `ebpf:"sock6_getpeername"`
 	Sock6Recvmsg     *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
 	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
+	SockDestroyTcp   *ebpf.ProgramSpec `ebpf:"sock_destroy_tcp"`
+	SockDestroyUdp   *ebpf.ProgramSpec `ebpf:"sock_destroy_udp"`
 }
 
 // BpfMapSpecs contains maps before they are loaded into the kernel.
@@ -157,6 +168,7 @@ type BpfMapSpecs struct {
 	SocklbAffV2  *ebpf.MapSpec `ebpf:"socklb_aff_v2"`
 	SocklbBeV2   *ebpf.MapSpec `ebpf:"socklb_be_v2"`
 	SocklbCntV2  *ebpf.MapSpec `ebpf:"socklb_cnt_v2"`
+	SocklbGoneV2 *ebpf.MapSpec `ebpf:"socklb_gone_v2"`
 	SocklbNameV2 *ebpf.MapSpec `ebpf:"socklb_name_v2"`
 	SocklbSockV2 *ebpf.MapSpec `ebpf:"socklb_sock_v2"`
 	SocklbSvcV2  *ebpf.MapSpec `ebpf:"socklb_svc_v2"`
@@ -191,6 +203,7 @@ type BpfMaps struct {
 	SocklbAffV2  *ebpf.Map `ebpf:"socklb_aff_v2"`
 	SocklbBeV2   *ebpf.Map `ebpf:"socklb_be_v2"`
 	SocklbCntV2  *ebpf.Map `ebpf:"socklb_cnt_v2"`
+	SocklbGoneV2 *ebpf.Map `ebpf:"socklb_gone_v2"`
 	SocklbNameV2 *ebpf.Map `ebpf:"socklb_name_v2"`
 	SocklbSockV2 *ebpf.Map `ebpf:"socklb_sock_v2"`
 	SocklbSvcV2  *ebpf.Map `ebpf:"socklb_svc_v2"`
@@ -201,6 +214,7 @@ func (m *BpfMaps) Close() error {
 		m.SocklbAffV2,
 		m.SocklbBeV2,
 		m.SocklbCntV2,
+		m.SocklbGoneV2,
 		m.SocklbNameV2,
 		m.SocklbSockV2,
 		m.SocklbSvcV2,
@@ -225,6 +239,8 @@ type BpfPrograms struct {
 	Sock6Getpeername *ebpf.Program `ebpf:"sock6_getpeername"`
 	Sock6Recvmsg     *ebpf.Program `ebpf:"sock6_recvmsg"`
 	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
+	SockDestroyTcp   *ebpf.Program `ebpf:"sock_destroy_tcp"`
+	SockDestroyUdp   *ebpf.Program `ebpf:"sock_destroy_udp"`
 }
 
 func (p *BpfPrograms) Close() error {
@@ -237,6 +253,8 @@ func (p *BpfPrograms) Close() error {
 		p.Sock6Getpeername,
 		p.Sock6Recvmsg,
 		p.Sock6Sendmsg,
+		p.SockDestroyTcp,
+		p.SockDestroyUdp,
 	)
 }
 

@@ -75,6 +75,12 @@ struct svc_name {
 /* What socklb did to one socket, in its socket-local storage: written when
  * connect or sendmsg rewrites, read by recvmsg and getpeername to show the
  * service address again. It lives and dies with the socket. */
+enum socklb_sock_flags {
+	/* Rewritten by connect: the socket is bound to its backend, and is
+	 * destroyed when that backend leaves the service. */
+	SOCKLB_SOCK_F_CONNECTED = 1 << 0,
+};
+
 struct sock_state {
 	__be32 vip[4];
 	__be32 backend_addr[4];
@@ -82,7 +88,14 @@ struct sock_state {
 	__be16 backend_port;
 	__u32 rev_nat_id;
 	__u32 backend_id;
-	__u32 pad;
+	__u32 flags; /* enum socklb_sock_flags */
+};
+
+/* Key of the map of backends that left a frontend: connected sockets with
+ * this pair in their storage are destroyed by the socket iterators. */
+struct departure {
+	__u32 rev_nat_id;
+	__u32 backend_id;
 };
 
 /* Session affinity (ClientIP): the client is the network namespace of the

@@ -32,7 +32,7 @@ type Input struct {
 	EndpointSlices []*discoveryv1.EndpointSlice
 	// Node is the node this agent runs on. Its name decides which endpoints
 	// are local (internalTrafficPolicy: Local, node hints); its zone decides
-	// which zone hints apply.
+	// which zone hints apply; its addresses are where NodePorts are served.
 	Node NodeInfo
 	// ServiceSelector limits the services handled to those whose labels it
 	// matches; nil means every service. Services it does not match are
@@ -66,9 +66,43 @@ func ParseServiceSelector(s string) (labels.Selector, error) {
 // service-proxy-name services and services in.ServiceSelector does not match
 // are skipped without a warning: they are valid, just not ours. The output is
 // sorted and does not depend on the order of the input.
+//
+// A service is also reachable from this node at its external addresses,
+// each at the family of one of its cluster IPs (kube-proxy runs one proxier
+// per family, and a service takes part in a family only through a cluster IP
+// of it; it does not translate between families):
+//
+//   - KindNodePort: every port's nodePort (type NodePort or LoadBalancer,
+//     nodePort set) on every address of the node, see nodePortAddrs;
+//   - KindExternalIP: spec.externalIPs at each service port, whatever the
+//     type, as kube-proxy does;
+//   - KindLoadBalancer: status.loadBalancer.ingress[].ip at each service
+//     port, see loadBalancerIPs.
+//
+// The backends of these frontends are those of cluster traffic: ready
+// endpoints anywhere (narrowed by topology hints), else serving+terminating
+// ones, whatever either traffic policy says. internalTrafficPolicy governs
+// cluster IP traffic only. externalTrafficPolicy: Local (ExternalLocal)
+// narrows traffic that arrives from other machines to this node's
+// endpoints, but kube-proxy exempts traffic that starts on the node, which
+// is the only traffic socklb sees: in the nftables proxier
+// (pkg/proxy/nftables/proxier.go, syncProxyRules) the service's "external"
+// chain sends pod traffic ("short-circuit pod traffic", when kube-proxy
+// knows the pod CIDRs, as it does in usual setups) and traffic with a
+// local source address ("fib saddr type local", "short-circuit local
+// traffic") to the Cluster policy chain before the Local one; the iptables
+// proxier does the same with "-m addrtype --src-type LOCAL". That is why
+// ServicePort.UsesClusterEndpoints (pkg/proxy/serviceport.go) is true for
+// every externally reachable port, and CategorizeEndpoints
+// (pkg/proxy/topology.go) computes its Cluster endpoints even when both
+// policies are Local. So a connect from this node to an ETP: Local
+// NodePort works even when no endpoint runs here, as it does under
+// kube-proxy; the connection behaves as if it had gone out to the load
+// balancer and come back in.
 func Compute(in Input) (State, []Warning) {
 	var w warnings
 	byService := groupSlices(in.EndpointSlices)
+	nodeAddrs := nodePortAddrs(in.Node.Addresses)
 	var cands []Service
 	for _, svc := range in.Services {
 		if svc == nil {
@@ -78,7 +112,7 @@ func Compute(in Input) (State, []Warning) {
 			continue
 		}
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		cands = append(cands, frontends(svc, byService[key], in.Node, &w)...)
+		cands = append(cands, frontends(svc, byService[key], in.Node, nodeAddrs, &w)...)
 	}
 	return State{Services: uniqueFrontends(cands, &w)}, w.sorted()
 }
@@ -127,10 +161,12 @@ func groupSlices(all []*discoveryv1.EndpointSlice) map[types.NamespacedName][]*d
 	return m
 }
 
-// frontends returns one Service per (cluster IP, usable port) of svc, with
-// the backends its slices give. The result may hold duplicate frontends;
-// uniqueFrontends resolves those across all services.
-func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeInfo, w *warnings) []Service {
+// frontends returns the Services of every usable port of svc: one per
+// cluster IP, and one per external address (see Compute), with the backends
+// its slices give. nodeAddrs are the node's NodePort addresses, from
+// nodePortAddrs. The result may hold duplicate frontends; uniqueFrontends
+// resolves those across all services.
+func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeInfo, nodeAddrs []netip.Addr, w *warnings) []Service {
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	if _, ok := svc.Labels[labelServiceProxyName]; ok {
 		return nil
@@ -163,6 +199,8 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeI
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	addrs = slices.Compact(addrs)
+	fam := familiesOf(addrs)
+	ext := externalsOf(svc, name, fam, nodeAddrs, w)
 
 	local := trafficLocal(svc, name, w)
 	if local && node.Name == "" {
@@ -183,18 +221,288 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeI
 			w.add(name, "port %d/%s: port number out of range; port skipped", sp.Port, proto)
 			continue
 		}
+		// Each family's endpoints are categorized once per port; every
+		// frontend gets its own copy of the result.
+		var internal, cluster [2][]Backend // indexed by familyIndex
+		for _, is4 := range fam.list() {
+			i := familyIndex(is4)
+			cands := candidatesFor(parsed, is4, sp.Name, proto, node.Name)
+			cluster[i] = chooseBackends(cands, false, node)
+			internal[i] = cluster[i]
+			if local {
+				internal[i] = chooseBackends(cands, true, node)
+			}
+		}
 		for _, a := range addrs {
 			out = append(out, Service{
 				Frontend:        Frontend{Addr: a, Port: uint16(sp.Port), Proto: proto},
+				Kind:            KindClusterIP,
 				Name:            name,
 				PortName:        sp.Name,
-				Backends:        chooseBackends(candidatesFor(parsed, a.Is4(), sp.Name, proto, node.Name), local, node),
+				Backends:        slices.Clone(internal[familyIndex(a.Is4())]),
 				TrafficLocal:    local,
 				AffinityTimeout: affinity,
 			})
 		}
+		external := func(kind FrontendKind, a netip.Addr, port uint16) {
+			out = append(out, Service{
+				Frontend:        Frontend{Addr: a, Port: port, Proto: proto},
+				Kind:            kind,
+				Name:            name,
+				PortName:        sp.Name,
+				Backends:        slices.Clone(cluster[familyIndex(a.Is4())]),
+				ExternalLocal:   ext.local,
+				AffinityTimeout: affinity,
+			})
+		}
+		if np := nodePortOf(svc, sp, proto, name, w); np != 0 {
+			for _, a := range ext.nodeAddrs {
+				external(KindNodePort, a, np)
+			}
+		}
+		for _, a := range ext.externalIPs {
+			external(KindExternalIP, a, uint16(sp.Port))
+		}
+		for _, a := range ext.lbIPs {
+			external(KindLoadBalancer, a, uint16(sp.Port))
+		}
 	}
 	return out
+}
+
+// families says which IP families a service has cluster IPs of.
+type families struct{ v4, v6 bool }
+
+func familiesOf(addrs []netip.Addr) families {
+	var f families
+	for _, a := range addrs {
+		if a.Is4() {
+			f.v4 = true
+		} else {
+			f.v6 = true
+		}
+	}
+	return f
+}
+
+func (f families) has(a netip.Addr) bool { return a.Is4() && f.v4 || a.Is6() && f.v6 }
+
+// list returns the families as the is4 values candidatesFor takes.
+func (f families) list() []bool {
+	var out []bool
+	if f.v4 {
+		out = append(out, true)
+	}
+	if f.v6 {
+		out = append(out, false)
+	}
+	return out
+}
+
+func familyIndex(is4 bool) int {
+	if is4 {
+		return 0
+	}
+	return 1
+}
+
+func familyName(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// externals are the addresses of a service's external frontends, each of a
+// family the service has, sorted and unique per kind.
+type externals struct {
+	nodeAddrs   []netip.Addr // where nodePorts are served
+	externalIPs []netip.Addr
+	lbIPs       []netip.Addr
+	local       bool // externalTrafficPolicy: Local
+}
+
+func externalsOf(svc *corev1.Service, name types.NamespacedName, fam families, nodeAddrs []netip.Addr, w *warnings) externals {
+	var e externals
+	for _, a := range nodeAddrs {
+		if fam.has(a) {
+			e.nodeAddrs = append(e.nodeAddrs, a)
+		}
+	}
+	for _, s := range svc.Spec.ExternalIPs {
+		a, err := parseServiceIP(s)
+		switch {
+		case err != nil:
+			w.add(name, "externalIP %q: %v; ignored", s, err)
+		case !fam.has(a):
+			w.add(name, "externalIP %q is %s but the service has no cluster IP of that family; ignored", s, familyName(a))
+		default:
+			e.externalIPs = append(e.externalIPs, a)
+		}
+	}
+	e.externalIPs = sortedUnique(e.externalIPs)
+	e.lbIPs = loadBalancerIPs(svc, name, fam, w)
+	if len(e.lbIPs) > 0 && len(svc.Spec.LoadBalancerSourceRanges) > 0 {
+		// kube-proxy drops traffic to the LoadBalancer IPs from sources
+		// outside the ranges. At connect() an unbound socket has no source
+		// address yet (routing picks it later), so socklb cannot check it.
+		w.add(name, "loadBalancerSourceRanges is not enforced for connections from this node: every local socket reaches the LoadBalancer IPs")
+	}
+	e.local = externalPolicyLocal(svc, name, w)
+	return e
+}
+
+// loadBalancerIPs returns the usable status.loadBalancer.ingress[].ip
+// addresses of svc, sorted and unique, as kube-proxy's newBaseServiceInfo
+// (pkg/proxy/serviceport.go) picks them:
+//
+//   - entries with only a hostname are skipped: the load balancer is
+//     reached through whatever the name resolves to, which is not ours to
+//     short-cut;
+//   - entries whose ipMode is set and is not VIP are skipped (kube-proxy's
+//     IsVIPMode, pkg/proxy/util): with ipMode: Proxy the load balancer
+//     does not deliver packets with the IP as destination but proxies them
+//     (it may terminate TLS or add a PROXY protocol header), so a
+//     connection to the IP must really go to the load balancer;
+//   - IPs of a family the service has no cluster IP of are skipped, as
+//     kube-proxy does not translate between families.
+//
+// Unlike kube-proxy we also refuse addresses that are not plain unicast
+// (see parseServiceIP): a frontend on one would capture the node's own
+// traffic.
+func loadBalancerIPs(svc *corev1.Service, name types.NamespacedName, fam families, w *warnings) []netip.Addr {
+	var out []netip.Addr
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" {
+			continue
+		}
+		if m := ing.IPMode; m != nil && *m != corev1.LoadBalancerIPModeVIP {
+			if *m != corev1.LoadBalancerIPModeProxy {
+				w.add(name, "load balancer ingress %q: ipMode %q is not VIP or Proxy; ignored as kube-proxy does", ing.IP, *m)
+			}
+			continue
+		}
+		a, err := parseServiceIP(ing.IP)
+		switch {
+		case err != nil:
+			w.add(name, "load balancer ingress %q: %v; ignored", ing.IP, err)
+		case !fam.has(a):
+			w.add(name, "load balancer ingress %q is %s but the service has no cluster IP of that family; ignored", ing.IP, familyName(a))
+		default:
+			out = append(out, a)
+		}
+	}
+	return sortedUnique(out)
+}
+
+func sortedUnique(addrs []netip.Addr) []netip.Addr {
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return slices.Compact(addrs)
+}
+
+// nodePortOf returns the nodePort of sp to serve, 0 for none. Only NodePort
+// and LoadBalancer services have one; a LoadBalancer service with
+// allocateLoadBalancerNodePorts: false has nodePort 0 and so no NodePort
+// frontends, as under kube-proxy.
+func nodePortOf(svc *corev1.Service, sp corev1.ServicePort, proto Proto, name types.NamespacedName, w *warnings) uint16 {
+	if sp.NodePort == 0 {
+		return 0
+	}
+	if t := svc.Spec.Type; t != corev1.ServiceTypeNodePort && t != corev1.ServiceTypeLoadBalancer {
+		// The API server refuses this; kube-proxy would serve it anyway.
+		w.add(name, "port %d/%s: nodePort %d on a service of type %q; nodePort ignored", sp.Port, proto, sp.NodePort, t)
+		return 0
+	}
+	if sp.NodePort < 1 || sp.NodePort > 65535 {
+		w.add(name, "port %d/%s: nodePort %d out of range; nodePort ignored", sp.Port, proto, sp.NodePort)
+		return 0
+	}
+	return uint16(sp.NodePort)
+}
+
+// externalPolicyLocal reports whether svc has externalTrafficPolicy: Local,
+// which, as kube-proxy's ExternalPolicyLocal (pkg/api/v1/service) has it,
+// only a service reachable from outside can have: type NodePort or
+// LoadBalancer, or a cluster IP service with externalIPs. Unset is Cluster,
+// the API default.
+func externalPolicyLocal(svc *corev1.Service, name types.NamespacedName, w *warnings) bool {
+	switch svc.Spec.Type {
+	case corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer:
+	case "", corev1.ServiceTypeClusterIP:
+		if len(svc.Spec.ExternalIPs) == 0 {
+			return false
+		}
+	default:
+		return false
+	}
+	switch p := svc.Spec.ExternalTrafficPolicy; p {
+	case "", corev1.ServiceExternalTrafficPolicyCluster:
+		return false
+	case corev1.ServiceExternalTrafficPolicyLocal:
+		return true
+	default:
+		w.add(name, "externalTrafficPolicy %q is not Cluster or Local; treated as Cluster", p)
+		return false
+	}
+}
+
+var (
+	loopback4 = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+)
+
+// nodePortAddrs returns the addresses NodePorts are served on: 127.0.0.1,
+// ::1 and the usable addresses among the node's, sorted and unique.
+// frontends keeps those of the service's families.
+//
+// Loopback is always served: a process on the node may well connect to
+// localhost:nodePort. (kube-proxy's iptables mode serves 127.0.0.1 through
+// route_localnet, its nftables mode serves no loopback NodePorts and
+// neither serves ::1; at connect() no packet is routed, so socklb can serve
+// both families alike.) Skipped, silently because the kernel lists such
+// addresses on every node:
+//
+//   - IPv4-mapped IPv6: the family is ambiguous, and the node's IPv4
+//     address is listed as such anyway;
+//   - zoned addresses: a frontend has no zone, so it would catch the
+//     address on every link, not only the one it belongs to;
+//   - link-local unicast (fe80::/10, 169.254.0.0/16): they mean something
+//     on one link only (IPv6 ones need a zone to be used at all), nothing
+//     reaches a NodePort through them, and 169.254/16 addresses on nodes
+//     belong to node-local agents (NodeLocal DNSCache, metadata proxies),
+//     not to the node's service surface; kube-proxy's NodePort addresses
+//     (the node IPs by default in nftables mode) do not include them;
+//   - unspecified, multicast and the IPv4 broadcast address: they are not
+//     the node's addresses, and connections to them must stay untouched.
+func nodePortAddrs(addrs []netip.Addr) []netip.Addr {
+	out := []netip.Addr{loopback4, netip.IPv6Loopback()}
+	for _, a := range addrs {
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" || a.IsLinkLocalUnicast() ||
+			a.IsUnspecified() || a.IsMulticast() || a == broadcast {
+			continue
+		}
+		out = append(out, a)
+	}
+	return sortedUnique(out)
+}
+
+var errSpecial = errors.New("is not a unicast address a service can own")
+
+// parseServiceIP parses an external IP or load balancer IP. Besides what
+// parseAddr refuses, it refuses the addresses the API server refuses for
+// externalIPs (ValidateNonSpecialIP: unspecified, loopback, link-local),
+// multicast and broadcast: a frontend on 127.0.0.1:80, say, would capture
+// every local connection to that port, and objects from a file are not
+// validated.
+func parseServiceIP(s string) (netip.Addr, error) {
+	a, err := parseAddr(s)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if a.IsUnspecified() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsMulticast() || a == broadcast {
+		return netip.Addr{}, errSpecial
+	}
+	return a, nil
 }
 
 // trafficLocal reports whether svc has internalTrafficPolicy: Local. Unset
@@ -572,11 +880,14 @@ func compareService(a, b Service) int {
 	if c := cmp.Compare(a.PortName, b.PortName); c != 0 {
 		return c
 	}
-	if a.TrafficLocal != b.TrafficLocal {
-		if a.TrafficLocal {
-			return 1
-		}
-		return -1
+	if c := cmp.Compare(a.Kind, b.Kind); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.TrafficLocal, b.TrafficLocal); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.ExternalLocal, b.ExternalLocal); c != 0 {
+		return c
 	}
 	if c := cmp.Compare(a.AffinityTimeout, b.AffinityTimeout); c != 0 {
 		return c
@@ -584,18 +895,39 @@ func compareService(a, b Service) int {
 	return slices.CompareFunc(a.Backends, b.Backends, Backend.Compare)
 }
 
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
 // uniqueFrontends sorts cands and keeps one Service per frontend: the
 // dataplane has one slot per frontend. Two services on one IP:port/proto can
-// only come from a file or a Service listed twice; the first in sort order
-// wins and the other is reported.
+// only come from broken input: a Service listed twice, a file, a node
+// address that is also a cluster IP or external IP of another service, two
+// services claiming one external IP. The first in sort order (by service
+// name, then port name, then kind) wins and the other is reported. One
+// service port reaching a frontend twice (an external IP that is also its
+// load balancer IP, say) is not reported: the frontend leads to that port
+// either way, and the lower kind wins, so a cluster IP keeps its
+// internalTrafficPolicy.
 func uniqueFrontends(cands []Service, w *warnings) []Service {
 	slices.SortFunc(cands, compareService)
 	var out []Service
 	for _, c := range cands {
 		if n := len(out); n > 0 && out[n-1].Frontend.Compare(c.Frontend) == 0 {
 			kept := out[n-1]
-			if kept.Name != c.Name || kept.PortName != c.PortName {
+			switch {
+			case kept.Name == c.Name && kept.PortName == c.PortName:
+			case kept.Kind == KindClusterIP && c.Kind == KindClusterIP:
 				w.add(c.Name, "port %q: frontend %s is already used by %s port %q; ignored", c.PortName, c.Frontend, kept.Name, kept.PortName)
+			default:
+				w.add(c.Name, "port %q: %s frontend %s is already used by %s port %q (%s); ignored",
+					c.PortName, c.Kind, c.Frontend, kept.Name, kept.PortName, kept.Kind)
 			}
 			continue
 		}

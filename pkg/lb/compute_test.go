@@ -3,6 +3,7 @@ package lb
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -162,17 +163,84 @@ func clientIP(timeout *int32) func(*corev1.Service) {
 	}
 }
 
+// nodePorts makes s a NodePort service, the nth port with the nth nodePort.
+func nodePorts(np ...int32) func(*corev1.Service) {
+	return func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeNodePort
+		for i, p := range np {
+			s.Spec.Ports[i].NodePort = p
+		}
+	}
+}
+
+// loadBalancer makes s a LoadBalancer service with the given nodePorts and
+// ingress entries; each ingress string is an IP, "host:NAME" for a
+// hostname-only entry or "IP@MODE" for an entry with an ipMode.
+func loadBalancer(np []int32, ingress ...string) func(*corev1.Service) {
+	return func(s *corev1.Service) {
+		nodePorts(np...)(s)
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+		for _, in := range ingress {
+			var ing corev1.LoadBalancerIngress
+			if h, ok := strings.CutPrefix(in, "host:"); ok {
+				ing.Hostname = h
+			} else if ip, m, ok := strings.Cut(in, "@"); ok {
+				ing.IP, ing.IPMode = ip, ptr(corev1.LoadBalancerIPMode(m))
+			} else {
+				ing.IP = in
+			}
+			s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, ing)
+		}
+	}
+}
+
+func externalIPs(ips ...string) func(*corev1.Service) {
+	return func(s *corev1.Service) { s.Spec.ExternalIPs = ips }
+}
+
+func externalLocal(s *corev1.Service) {
+	s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+}
+
+// with applies several modifiers, for mod.
+func with(fs ...func(*corev1.Service)) func(*corev1.Service) {
+	return func(s *corev1.Service) {
+		for _, f := range fs {
+			f(s)
+		}
+	}
+}
+
+func addrs(s ...string) []netip.Addr {
+	out := make([]netip.Addr, 0, len(s))
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
 // here is the node most topology cases run on.
 var here = NodeInfo{Name: "node-a", Zone: "zone-a"}
+
+// hereWithAddrs is here with a dual-stack address set, loopback left out as
+// the agent may leave it out.
+var hereWithAddrs = NodeInfo{Name: "node-a", Zone: "zone-a", Addresses: addrs("192.168.1.10", "fd00:1::10")}
 
 // render prints a state one frontend per line, which makes diffs readable.
 func render(st State) []string {
 	var out []string
 	for _, s := range st.Services {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%s %s[%s]", s.Frontend, s.Name, s.PortName)
+		b.WriteString(s.Frontend.String())
+		if s.Kind != KindClusterIP {
+			b.WriteString(" " + s.Kind.String())
+		}
+		fmt.Fprintf(&b, " %s[%s]", s.Name, s.PortName)
 		if s.TrafficLocal {
 			b.WriteString(" local")
+		}
+		if s.ExternalLocal {
+			b.WriteString(" extlocal")
 		}
 		if s.AffinityTimeout != 0 {
 			fmt.Fprintf(&b, " affinity=%s", s.AffinityTimeout)
@@ -202,6 +270,23 @@ func checkOutput(t *testing.T, st State, warns []Warning) {
 		}
 		if s.AffinityTimeout < 0 || s.AffinityTimeout > maxAffinitySeconds*time.Second || s.AffinityTimeout%time.Second != 0 {
 			t.Errorf("%s: invalid affinity timeout %s", s.Frontend, s.AffinityTimeout)
+		}
+		switch s.Kind {
+		case KindClusterIP:
+			if s.ExternalLocal {
+				t.Errorf("%s: externalTrafficPolicy on a cluster IP frontend", s.Frontend)
+			}
+		case KindNodePort, KindExternalIP, KindLoadBalancer:
+			if s.TrafficLocal {
+				t.Errorf("%s: internalTrafficPolicy on a %s frontend", s.Frontend, s.Kind)
+			}
+			a := s.Frontend.Addr
+			if a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() || a.IsLinkLocalUnicast() ||
+				(a.IsLoopback() && s.Kind != KindNodePort) {
+				t.Errorf("%s: %s frontend on an unusable address", s.Frontend, s.Kind)
+			}
+		default:
+			t.Errorf("%s: unknown kind %s", s.Frontend, s.Kind)
 		}
 		for j, b := range s.Backends {
 			if j > 0 && s.Backends[j-1].Compare(b) >= 0 {
@@ -669,6 +754,11 @@ func TestCompute(t *testing.T) {
 			want: []string{
 				"10.96.0.1:80/TCP default/np[http] -> 10.0.0.1:8080",
 				"10.96.0.2:80/TCP default/lb[http] -> 10.0.0.2:8080",
+				"127.0.0.1:30080/TCP NodePort default/np[http] -> 10.0.0.1:8080",
+				"127.0.0.1:30081/TCP NodePort default/lb[http] -> 10.0.0.2:8080",
+				"192.0.2.1:80/TCP ExternalIP default/lb[http] -> 10.0.0.2:8080",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] -> 10.0.0.2:8080",
+				"[::1]:30080/TCP NodePort default/np[http] -> [fd00::1]:8080",
 				"[fd00:96::1]:80/TCP default/np[http] -> [fd00::1]:8080",
 			},
 		},
@@ -1065,6 +1155,359 @@ func TestCompute(t *testing.T) {
 			want:     []string{"10.96.0.1:80/TCP default/a[http] -> (none)"},
 		},
 		{
+			name:     "NodePort: every node address and loopback of the service's family, at the nodePort",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), nodePorts(30080))},
+			slices:   []*discoveryv1.EndpointSlice{v4("web-a", "web", http8080, ready("10.0.0.1"))},
+			node:     NodeInfo{Name: "node-a", Addresses: addrs("192.168.1.10", "fd00:1::10", "10.1.0.5", "127.0.0.1", "192.168.1.10")},
+			want: []string{
+				"10.1.0.5:30080/TCP NodePort default/web[http] -> 10.0.0.1:8080",
+				"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080",
+				"127.0.0.1:30080/TCP NodePort default/web[http] -> 10.0.0.1:8080",
+				"192.168.1.10:30080/TCP NodePort default/web[http] -> 10.0.0.1:8080",
+			},
+		},
+		{
+			name:     "NodePort of an IPv6 single-stack service: IPv6 node addresses and ::1 only",
+			services: []*corev1.Service{mod(svc("web", ips("fd00:96::1"), http80), nodePorts(30080))},
+			slices:   []*discoveryv1.EndpointSlice{v6("web-6", "web", http8080, ready("fd00::a"))},
+			node:     NodeInfo{Name: "node-a", Addresses: addrs("192.168.1.10", "fd00:1::10", "::1")},
+			want: []string{
+				"[::1]:30080/TCP NodePort default/web[http] -> [fd00::a]:8080",
+				"[fd00:1::10]:30080/TCP NodePort default/web[http] -> [fd00::a]:8080",
+				"[fd00:96::1]:80/TCP default/web[http] -> [fd00::a]:8080",
+			},
+		},
+		{
+			name: "dual-stack NodePort: each family's addresses get that family's endpoints",
+			services: []*corev1.Service{
+				mod(svc("dns", ips("10.96.0.10", "fd00:96::a"), sport("dns", corev1.ProtocolUDP, 53), sport("dns-tcp", corev1.ProtocolTCP, 53)), nodePorts(30053, 30054)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("dns-4", "dns", eports(eport("dns", corev1.ProtocolUDP, 1053), eport("dns-tcp", corev1.ProtocolTCP, 1053)), ready("10.0.0.1")),
+				v6("dns-6", "dns", eports(eport("dns", corev1.ProtocolUDP, 1053)), ready("fd00::1")),
+			},
+			node: hereWithAddrs,
+			want: []string{
+				"10.96.0.10:53/TCP default/dns[dns-tcp] -> 10.0.0.1:1053",
+				"10.96.0.10:53/UDP default/dns[dns] -> 10.0.0.1:1053",
+				"127.0.0.1:30053/UDP NodePort default/dns[dns] -> 10.0.0.1:1053",
+				"127.0.0.1:30054/TCP NodePort default/dns[dns-tcp] -> 10.0.0.1:1053",
+				"192.168.1.10:30053/UDP NodePort default/dns[dns] -> 10.0.0.1:1053",
+				"192.168.1.10:30054/TCP NodePort default/dns[dns-tcp] -> 10.0.0.1:1053",
+				"[::1]:30053/UDP NodePort default/dns[dns] -> [fd00::1]:1053",
+				"[::1]:30054/TCP NodePort default/dns[dns-tcp] -> (none)",
+				"[fd00:1::10]:30053/UDP NodePort default/dns[dns] -> [fd00::1]:1053",
+				"[fd00:1::10]:30054/TCP NodePort default/dns[dns-tcp] -> (none)",
+				"[fd00:96::a]:53/TCP default/dns[dns-tcp] -> (none)",
+				"[fd00:96::a]:53/UDP default/dns[dns] -> [fd00::1]:1053",
+			},
+		},
+		{
+			name:     "no node addresses: NodePorts on loopback only",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1", "fd00:96::1"), http80), nodePorts(30080))},
+			node:     here,
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> (none)",
+				"127.0.0.1:30080/TCP NodePort default/web[http] -> (none)",
+				"[::1]:30080/TCP NodePort default/web[http] -> (none)",
+				"[fd00:96::1]:80/TCP default/web[http] -> (none)",
+			},
+		},
+		{
+			name:     "node addresses that cannot carry a NodePort are skipped silently",
+			services: []*corev1.Service{mod(svc("web", ips("10.96.0.1", "fd00:96::1"), http80), nodePorts(30080))},
+			node: NodeInfo{Name: "node-a", Addresses: append(addrs(
+				"fe80::1", "fe80::2%eth0", "fd00:1::10%eth0", "::ffff:192.168.1.11", "0.0.0.0", "::",
+				"224.0.0.1", "ff02::1", "239.1.1.1", "169.254.20.10", "255.255.255.255",
+				"192.168.1.10", "127.0.0.53",
+			), netip.Addr{})},
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> (none)",
+				"127.0.0.1:30080/TCP NodePort default/web[http] -> (none)",
+				"127.0.0.53:30080/TCP NodePort default/web[http] -> (none)",
+				"192.168.1.10:30080/TCP NodePort default/web[http] -> (none)",
+				"[::1]:30080/TCP NodePort default/web[http] -> (none)",
+				"[fd00:96::1]:80/TCP default/web[http] -> (none)",
+			},
+		},
+		{
+			name: "ports without a nodePort get none; bad nodePorts are warned about",
+			services: []*corev1.Service{
+				mod(svc("web", ips("10.96.0.1"), http80, sport("admin", corev1.ProtocolTCP, 81), sport("big", corev1.ProtocolTCP, 82)), nodePorts(30080, 0, 70000)),
+				mod(svc("cip", ips("10.96.0.2"), http80), func(s *corev1.Service) { s.Spec.Ports[0].NodePort = 30081 }),
+				mod(svc("bare", ips("10.96.0.3"), http80), func(s *corev1.Service) { s.Spec.Type = ""; s.Spec.Ports[0].NodePort = 30082 }),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/web[http] -> (none)",
+				"10.96.0.1:81/TCP default/web[admin] -> (none)",
+				"10.96.0.1:82/TCP default/web[big] -> (none)",
+				"10.96.0.2:80/TCP default/cip[http] -> (none)",
+				"10.96.0.3:80/TCP default/bare[http] -> (none)",
+				"127.0.0.1:30080/TCP NodePort default/web[http] -> (none)",
+			},
+			wantWarn: []Warning{
+				{"default/bare", `port 80/TCP: nodePort 30082 on a service of type ""; nodePort ignored`},
+				{"default/cip", `port 80/TCP: nodePort 30081 on a service of type "ClusterIP"; nodePort ignored`},
+				{"default/web", "port 82/TCP: nodePort 70000 out of range; nodePort ignored"},
+			},
+		},
+		{
+			name: "LoadBalancer: nodePorts and ingress IPs; hostname-only and Proxy-mode entries are skipped",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1"), http80), loadBalancer([]int32{30080},
+					"198.51.100.2@VIP", "host:lb.example.com", "198.51.100.3@Proxy", "198.51.100.1", "198.51.100.1", "198.51.100.4@proxy")),
+			},
+			slices: []*discoveryv1.EndpointSlice{v4("lb-a", "lb", http8080, ready("10.0.0.1"))},
+			node:   hereWithAddrs,
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> 10.0.0.1:8080",
+				"127.0.0.1:30080/TCP NodePort default/lb[http] -> 10.0.0.1:8080",
+				"192.168.1.10:30080/TCP NodePort default/lb[http] -> 10.0.0.1:8080",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] -> 10.0.0.1:8080",
+				"198.51.100.2:80/TCP LoadBalancer default/lb[http] -> 10.0.0.1:8080",
+			},
+			wantWarn: []Warning{{"default/lb", `load balancer ingress "198.51.100.4": ipMode "proxy" is not VIP or Proxy; ignored`}},
+		},
+		{
+			name: "LoadBalancer with allocateLoadBalancerNodePorts false: no NodePort frontends",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1"), http80), with(loadBalancer(nil, "198.51.100.1"), func(s *corev1.Service) {
+					s.Spec.AllocateLoadBalancerNodePorts = ptr(false)
+				})),
+			},
+			node: hereWithAddrs,
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> (none)",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] -> (none)",
+			},
+		},
+		{
+			name: "LoadBalancer ingress IPs: wrong family and special addresses are warned about",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1"), http80), loadBalancer(nil, "2001:db8::1", "127.0.0.1", "not-an-ip", "198.51.100.1")),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> (none)",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] -> (none)",
+			},
+			wantWarn: []Warning{
+				{"default/lb", `load balancer ingress "127.0.0.1": is not a unicast address a service can own; ignored`},
+				{"default/lb", `load balancer ingress "2001:db8::1" is IPv6 but the service has no cluster IP of that family; ignored`},
+				{"default/lb", `load balancer ingress "not-an-ip": not an IP address; ignored`},
+			},
+		},
+		{
+			name: "dual-stack LoadBalancer: each ingress IP in its own family",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1", "fd00:96::1"), http80), loadBalancer(nil, "2001:db8::1", "198.51.100.1")),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("lb-4", "lb", http8080, ready("10.0.0.1")),
+				v6("lb-6", "lb", http8080, ready("fd00::1")),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> 10.0.0.1:8080",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] -> 10.0.0.1:8080",
+				"[2001:db8::1]:80/TCP LoadBalancer default/lb[http] -> [fd00::1]:8080",
+				"[fd00:96::1]:80/TCP default/lb[http] -> [fd00::1]:8080",
+			},
+		},
+		{
+			name: "externalIPs: at every service port, on any service type; bad ones are warned about",
+			services: []*corev1.Service{
+				mod(svc("web", ips("10.96.0.1"), http80, sport("dns", corev1.ProtocolUDP, 53)), externalIPs(
+					"192.0.2.2", "192.0.2.1", "192.0.2.1", "2001:db8::1", "127.0.0.1", "169.254.1.1", "0.0.0.0", "::ffff:192.0.2.3", "fe80::1%eth0", "224.0.0.5", "nope",
+				)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("web-a", "web", eports(eport("http", corev1.ProtocolTCP, 8080), eport("dns", corev1.ProtocolUDP, 5353)), ready("10.0.0.1")),
+			},
+			node: hereWithAddrs,
+			want: []string{
+				"10.96.0.1:53/UDP default/web[dns] -> 10.0.0.1:5353",
+				"10.96.0.1:80/TCP default/web[http] -> 10.0.0.1:8080",
+				"192.0.2.1:53/UDP ExternalIP default/web[dns] -> 10.0.0.1:5353",
+				"192.0.2.1:80/TCP ExternalIP default/web[http] -> 10.0.0.1:8080",
+				"192.0.2.2:53/UDP ExternalIP default/web[dns] -> 10.0.0.1:5353",
+				"192.0.2.2:80/TCP ExternalIP default/web[http] -> 10.0.0.1:8080",
+			},
+			wantWarn: []Warning{
+				{"default/web", `externalIP "0.0.0.0": is not a unicast address a service can own; ignored`},
+				{"default/web", `externalIP "127.0.0.1": is not a unicast address`},
+				{"default/web", `externalIP "169.254.1.1": is not a unicast address`},
+				{"default/web", `externalIP "2001:db8::1" is IPv6 but the service has no cluster IP of that family; ignored`},
+				{"default/web", `externalIP "224.0.0.5": is not a unicast address`},
+				{"default/web", `externalIP "::ffff:192.0.2.3": is IPv4-mapped IPv6; ignored`},
+				{"default/web", `externalIP "fe80::1%eth0": has a zone; ignored`},
+				{"default/web", `externalIP "nope": not an IP address; ignored`},
+			},
+		},
+		{
+			// kube-proxy sends traffic that starts on the node to the
+			// Cluster endpoints whatever externalTrafficPolicy says (its
+			// "short-circuit local traffic" rule), so every ready endpoint
+			// serves the external frontends, the local one included.
+			name: "externalTrafficPolicy Local: connections from the node use the cluster endpoints",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1"), http80), with(loadBalancer([]int32{30080}, "198.51.100.1"), externalIPs("192.0.2.1"), externalLocal)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("lb-a", "lb", http8080, on("node-a", ready("10.0.0.1")), on("node-b", ready("10.0.0.2")), on("node-a", notReady("10.0.0.3"))),
+			},
+			node: NodeInfo{Name: "node-a", Addresses: addrs("192.168.1.10")},
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> 10.0.0.1:8080 10.0.0.2:8080",
+				"127.0.0.1:30080/TCP NodePort default/lb[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+				"192.0.2.1:80/TCP ExternalIP default/lb[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+				"192.168.1.10:30080/TCP NodePort default/lb[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+			},
+		},
+		{
+			// Traffic from outside would be dropped here; traffic from the
+			// node is short-circuited to the endpoints elsewhere.
+			name: "externalTrafficPolicy Local without a local endpoint: the node still reaches the others",
+			services: []*corev1.Service{
+				mod(svc("np", ips("10.96.0.1"), http80), with(nodePorts(30080), externalLocal)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("np-a", "np", http8080, on("node-b", ready("10.0.0.2")), on("node-a", terminating("10.0.0.1"))),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/np[http] -> 10.0.0.2:8080",
+				"127.0.0.1:30080/TCP NodePort default/np[http] extlocal -> 10.0.0.2:8080",
+			},
+		},
+		{
+			name: "externalTrafficPolicy Local, no endpoint ready anywhere: serving+terminating ones everywhere, as for cluster traffic",
+			services: []*corev1.Service{
+				mod(svc("np", ips("10.96.0.1"), http80), with(nodePorts(30080), externalLocal)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("np-a", "np", http8080, on("node-b", terminating("10.0.0.2")), on("node-a", terminating("10.0.0.1")), on("node-a", notReady("10.0.0.3"))),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/np[http] -> 10.0.0.1:8080 10.0.0.2:8080",
+				"127.0.0.1:30080/TCP NodePort default/np[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+			},
+		},
+		{
+			// internalTrafficPolicy governs the cluster IP only; the
+			// external frontends use the Cluster endpoints even when both
+			// policies are Local (kube-proxy's UsesClusterEndpoints).
+			name: "internalTrafficPolicy Local narrows the cluster IP, not the external frontends",
+			services: []*corev1.Service{
+				mod(svc("np", ips("10.96.0.1"), http80), with(nodePorts(30080), externalIPs("192.0.2.1"), localPolicy, externalLocal)),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("np-a", "np", http8080, on("node-a", ready("10.0.0.1")), on("node-b", ready("10.0.0.2"))),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/np[http] local -> 10.0.0.1:8080",
+				"127.0.0.1:30080/TCP NodePort default/np[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+				"192.0.2.1:80/TCP ExternalIP default/np[http] extlocal -> 10.0.0.1:8080 10.0.0.2:8080",
+			},
+		},
+		{
+			name: "external frontends follow topology hints like cluster traffic; affinity is carried",
+			services: []*corev1.Service{
+				mod(svc("np", ips("10.96.0.1"), http80), with(nodePorts(30080), preferClose, clientIP(ptr(int32(60))))),
+			},
+			slices: []*discoveryv1.EndpointSlice{
+				v4("np-a", "np", http8080, forZones(ready("10.0.0.1"), "zone-a"), forZones(ready("10.0.0.2"), "zone-b")),
+			},
+			node: here,
+			want: []string{
+				"10.96.0.1:80/TCP default/np[http] affinity=1m0s -> 10.0.0.1:8080",
+				"127.0.0.1:30080/TCP NodePort default/np[http] affinity=1m0s -> 10.0.0.1:8080",
+			},
+		},
+		{
+			name: "externalTrafficPolicy: only externally reachable services have it; unknown values are Cluster",
+			services: []*corev1.Service{
+				mod(svc("cip-ext", ips("10.96.0.1"), http80), with(externalIPs("192.0.2.1"), externalLocal)),
+				mod(svc("cip", ips("10.96.0.2"), http80), externalLocal),
+				mod(svc("odd", ips("10.96.0.3"), http80), with(nodePorts(30080), func(s *corev1.Service) { s.Spec.ExternalTrafficPolicy = "local" })),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/cip-ext[http] -> (none)",
+				"10.96.0.2:80/TCP default/cip[http] -> (none)",
+				"10.96.0.3:80/TCP default/odd[http] -> (none)",
+				"127.0.0.1:30080/TCP NodePort default/odd[http] -> (none)",
+				"192.0.2.1:80/TCP ExternalIP default/cip-ext[http] extlocal -> (none)",
+			},
+			wantWarn: []Warning{{"default/odd", `externalTrafficPolicy "local" is not Cluster or Local; treated as Cluster`}},
+		},
+		{
+			name: "loadBalancerSourceRanges is not enforced: one warning per service with LoadBalancer IPs",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1"), http80, sport("https", corev1.ProtocolTCP, 443)), with(loadBalancer(nil, "198.51.100.1", "198.51.100.2"), func(s *corev1.Service) {
+					s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+				})),
+				mod(svc("pending", ips("10.96.0.2"), http80), with(loadBalancer(nil), func(s *corev1.Service) {
+					s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+				})),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> (none)",
+				"10.96.0.1:443/TCP default/lb[https] -> (none)",
+				"10.96.0.2:80/TCP default/pending[http] -> (none)",
+				"198.51.100.1:80/TCP LoadBalancer default/lb[http] -> (none)",
+				"198.51.100.1:443/TCP LoadBalancer default/lb[https] -> (none)",
+				"198.51.100.2:80/TCP LoadBalancer default/lb[http] -> (none)",
+				"198.51.100.2:443/TCP LoadBalancer default/lb[https] -> (none)",
+			},
+			wantWarn: []Warning{{"default/lb", "loadBalancerSourceRanges is not enforced for connections from this node"}},
+		},
+		{
+			// Broken input: a node address that is another service's
+			// cluster IP. The existing rule holds: first by name wins.
+			name: "a NodePort frontend on another service's cluster IP: the first by name wins, the other is warned",
+			services: []*corev1.Service{
+				mod(svc("a", ips("10.96.0.1"), http80), nodePorts(30080)),
+				svc("b", ips("10.96.0.5"), sport("http", corev1.ProtocolTCP, 30080)),
+				mod(svc("c", ips("10.96.0.6"), http80), externalIPs("192.0.2.1")),
+				mod(svc("d", ips("10.96.0.7"), http80), externalIPs("192.0.2.1")),
+			},
+			node: NodeInfo{Addresses: addrs("10.96.0.5")},
+			want: []string{
+				"10.96.0.1:80/TCP default/a[http] -> (none)",
+				"10.96.0.5:30080/TCP NodePort default/a[http] -> (none)",
+				"10.96.0.6:80/TCP default/c[http] -> (none)",
+				"10.96.0.7:80/TCP default/d[http] -> (none)",
+				"127.0.0.1:30080/TCP NodePort default/a[http] -> (none)",
+				"192.0.2.1:80/TCP ExternalIP default/c[http] -> (none)",
+			},
+			wantWarn: []Warning{
+				{"default/b", `port "http": ClusterIP frontend 10.96.0.5:30080/TCP is already used by default/a port "http" (NodePort); ignored`},
+				{"default/d", `port "http": ExternalIP frontend 192.0.2.1:80/TCP is already used by default/c port "http" (ExternalIP); ignored`},
+			},
+		},
+		{
+			name: "an external IP that is also the service's load balancer IP is served once, silently",
+			services: []*corev1.Service{
+				mod(svc("lb", ips("10.96.0.1"), http80), with(loadBalancer(nil, "192.0.2.1"), externalIPs("192.0.2.1"))),
+			},
+			want: []string{
+				"10.96.0.1:80/TCP default/lb[http] -> (none)",
+				"192.0.2.1:80/TCP ExternalIP default/lb[http] -> (none)",
+			},
+		},
+		{
+			name: "headless and ExternalName services get no external frontends",
+			services: []*corev1.Service{
+				mod(svc("db", ips("None"), http80), with(nodePorts(30080), externalIPs("192.0.2.1"))),
+				mod(svc("ext", nil, http80), func(s *corev1.Service) {
+					s.Spec.Type = corev1.ServiceTypeExternalName
+					s.Spec.ExternalIPs = []string{"192.0.2.2"}
+				}),
+			},
+			node: hereWithAddrs,
+		},
+		{
 			name: "empty input",
 		},
 	}
@@ -1158,9 +1601,13 @@ func warningsMatch(got, want []Warning) bool {
 // in it and checks that the output never changes.
 func TestComputeOrderIndependent(t *testing.T) {
 	in := Input{
-		Node: here,
+		Node: NodeInfo{Name: "node-a", Zone: "zone-a", Addresses: addrs("192.168.1.10", "fd00:1::10", "fe80::1", "10.96.0.2")},
 		Services: []*corev1.Service{
 			mod(svc("local", ips("10.96.0.3"), http80), localPolicy),
+			mod(svc("np", ips("10.96.0.5", "fd00:96::5"), http80, sport("", corev1.ProtocolTCP, 443)), with(nodePorts(30080, 30443), externalLocal, externalIPs("192.0.2.1", "fd00:2::1", "bad"))),
+			mod(svc("lb", ips("10.96.0.6"), http80), with(loadBalancer([]int32{443}, "192.0.2.1", "198.51.100.1", "198.51.100.2@Proxy", "host:x"), func(s *corev1.Service) {
+				s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24"}
+			})),
 			mod(svc("close", ips("10.96.0.4"), http80), clientIP(nil)),
 			svc("web", ips("10.96.0.1", "fd00:96::1"), http80, sport("dns", corev1.ProtocolUDP, 53), sport("sig", corev1.ProtocolSCTP, 9)),
 			svc("api", ips("10.96.0.2"), sport("", "", 443)),
@@ -1182,6 +1629,9 @@ func TestComputeOrderIndependent(t *testing.T) {
 			v4("local-b", "local", http8080, on("node-a", ready("10.0.3.1")), on("node-a", terminating("10.0.3.3"))),
 			v4("close-a", "close", http8080, forZones(ready("10.0.4.1"), "zone-a"), forZones(terminating("10.0.4.2"), "zone-a")),
 			v4("close-b", "close", http8080, forZones(ready("10.0.4.2"), "zone-b"), forZones(ready("10.0.4.3"), "zone-b", "zone-a")),
+			v4("np-a", "np", http8080, on("node-a", ready("10.0.5.1")), on("node-b", ready("10.0.5.2"))),
+			v6("np-b", "np", eports(eport("http", corev1.ProtocolTCP, 8080), eport("", corev1.ProtocolTCP, 8443)), on("node-b", ready("fd00::5:1"))),
+			v4("lb-a", "lb", http8080, terminating("10.0.6.1"), notReady("10.0.6.2")),
 			nil,
 		},
 	}
@@ -1247,11 +1697,25 @@ var (
 	fuzzLabels = []string{"tier", "env", labelServiceProxyName}
 	fuzzValues = []string{"web", "db", ""}
 	fuzzSel    = []string{"tier=web", "env in (web, db), tier notin (db)", "tier,!env", "!tier"}
+	fuzzETP    = []corev1.ServiceExternalTrafficPolicy{"", corev1.ServiceExternalTrafficPolicyLocal, corev1.ServiceExternalTrafficPolicyCluster, "x"}
+	fuzzExtIPs = []string{"192.0.2.1", "10.96.0.1", "fd00::1", "2001:db8::1", "127.0.0.1", "::1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "bogus", "", "::ffff:192.0.2.1"}
+	fuzzModes  = []corev1.LoadBalancerIPMode{corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy, "x"}
+	fuzzRanges = []string{"0.0.0.0/0", "203.0.113.0/24", "bogus"}
+	// fuzzNodeAddrs includes the zero Addr and every kind nodePortAddrs skips.
+	fuzzNodeAddrs = []netip.Addr{
+		{}, netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("fd00::1"),
+		netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1"), netip.MustParseAddr("fe80::1"),
+		netip.MustParseAddr("fe80::1%eth0"), netip.MustParseAddr("::ffff:192.168.1.10"), netip.MustParseAddr("0.0.0.0"),
+		netip.MustParseAddr("ff02::1"), netip.MustParseAddr("169.254.20.10"), netip.MustParseAddr("255.255.255.255"),
+	}
 )
 
 func fuzzInput(b *fuzzBytes) Input {
 	var in Input
 	in.Node = NodeInfo{Name: pick(b, fuzzNodes...), Zone: pick(b, fuzzZones...)}
+	for range b.next() % 4 {
+		in.Node.Addresses = append(in.Node.Addresses, pick(b, fuzzNodeAddrs...))
+	}
 	if sel := b.next() % (len(fuzzSel) + 2); sel < len(fuzzSel) {
 		s, err := ParseServiceSelector(fuzzSel[sel])
 		if err != nil {
@@ -1289,7 +1753,29 @@ func fuzzInput(b *fuzzBytes) Input {
 			s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, pick(b, fuzzIPs...))
 		}
 		for range b.next() % 4 {
-			s.Spec.Ports = append(s.Spec.Ports, sport(pick(b, fuzzNames...), pick(b, fuzzProtos...), pick(b, fuzzPorts...)))
+			p := sport(pick(b, fuzzNames...), pick(b, fuzzProtos...), pick(b, fuzzPorts...))
+			if b.next()%2 == 0 {
+				p.NodePort = pick(b, fuzzPorts...)
+			}
+			s.Spec.Ports = append(s.Spec.Ports, p)
+		}
+		s.Spec.ExternalTrafficPolicy = pick(b, fuzzETP...)
+		for range b.next() % 3 {
+			s.Spec.ExternalIPs = append(s.Spec.ExternalIPs, pick(b, fuzzExtIPs...))
+		}
+		for range b.next() % 3 {
+			var ing corev1.LoadBalancerIngress
+			if b.next()%4 != 0 {
+				ing.IP = pick(b, fuzzExtIPs...)
+			}
+			if b.next()%4 == 0 {
+				ing.Hostname = "lb.example.com"
+			}
+			ing.IPMode = maybe(b, fuzzModes...)
+			s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, ing)
+		}
+		if b.next()%3 == 0 {
+			s.Spec.LoadBalancerSourceRanges = []string{pick(b, fuzzRanges...)}
 		}
 		in.Services = append(in.Services, s)
 	}
@@ -1339,14 +1825,19 @@ func FuzzCompute(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 2, 1, 1, 1})
 	f.Add([]byte("a dual-stack service with some slices and endpoints in it, hopefully"))
+	f.Add([]byte("NodePort, LoadBalancer ingress, externalIPs and externalTrafficPolicy: Local on a node with addresses"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b := fuzzBytes(data)
 		in := fuzzInput(&b)
 		st, warns := Compute(in)
 		checkOutput(t, st, warns)
+		nodeAddrs := nodePortAddrs(in.Node.Addresses)
 		for _, s := range st.Services {
 			if s.TrafficLocal && in.Node.Name == "" && len(s.Backends) > 0 {
 				t.Errorf("%s: Local service with backends on a node without a name", s.Frontend)
+			}
+			if s.Kind == KindNodePort && !slices.Contains(nodeAddrs, s.Frontend.Addr) {
+				t.Errorf("%s: NodePort frontend on an address the node does not serve NodePorts on", s.Frontend)
 			}
 		}
 		st2, warns2 := Compute(reversed(in))
@@ -1354,4 +1845,41 @@ func FuzzCompute(f *testing.F) {
 			t.Errorf("reversed input changed the output:\n%q %q\n%q %q", render(st), warns, render(st2), warns2)
 		}
 	})
+}
+
+func TestFrontendKindString(t *testing.T) {
+	for k, want := range map[FrontendKind]string{
+		KindClusterIP:    "ClusterIP",
+		KindNodePort:     "NodePort",
+		KindExternalIP:   "ExternalIP",
+		KindLoadBalancer: "LoadBalancer",
+		FrontendKind(9):  "kind(9)",
+	} {
+		if got := k.String(); got != want {
+			t.Errorf("FrontendKind(%d).String() = %q, want %q", uint8(k), got, want)
+		}
+	}
+	var zero Service
+	if zero.Kind != KindClusterIP {
+		t.Errorf("zero Kind is %s, want ClusterIP", zero.Kind)
+	}
+}
+
+// TestComputeBackendsNotShared checks that frontends of one service port do
+// not share a backing array: a caller changing one must not change another.
+func TestComputeBackendsNotShared(t *testing.T) {
+	st, _ := Compute(Input{
+		Node:           hereWithAddrs,
+		Services:       []*corev1.Service{mod(svc("web", ips("10.96.0.1"), http80), with(nodePorts(30080), externalIPs("192.0.2.1")))},
+		EndpointSlices: []*discoveryv1.EndpointSlice{v4("web-a", "web", http8080, ready("10.0.0.1"))},
+	})
+	if len(st.Services) != 4 {
+		t.Fatalf("got %d frontends, want 4: %q", len(st.Services), render(st))
+	}
+	st.Services[0].Backends[0].Port = 1
+	for _, s := range st.Services[1:] {
+		if s.Backends[0].Port != 8080 {
+			t.Errorf("%s shares its backends with %s", s.Frontend, st.Services[0].Frontend)
+		}
+	}
 }

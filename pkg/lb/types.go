@@ -70,18 +70,58 @@ func (b Backend) Compare(o Backend) int {
 	return cmpInt(int(b.Port), int(o.Port))
 }
 
+// FrontendKind says which part of a Service a frontend comes from.
+type FrontendKind uint8
+
+// Frontend kinds. The zero value is a cluster IP, so that a Service built
+// without a Kind means what it meant before kinds existed.
+const (
+	// KindClusterIP: spec.clusterIPs at a service port.
+	KindClusterIP FrontendKind = iota
+	// KindNodePort: a node address (or loopback) at a port's nodePort.
+	KindNodePort
+	// KindExternalIP: spec.externalIPs at a service port.
+	KindExternalIP
+	// KindLoadBalancer: status.loadBalancer.ingress[].ip at a service port.
+	KindLoadBalancer
+)
+
+func (k FrontendKind) String() string {
+	switch k {
+	case KindClusterIP:
+		return "ClusterIP"
+	case KindNodePort:
+		return "NodePort"
+	case KindExternalIP:
+		return "ExternalIP"
+	case KindLoadBalancer:
+		return "LoadBalancer"
+	default:
+		return fmt.Sprintf("kind(%d)", uint8(k))
+	}
+}
+
 // Service is the desired state of one frontend.
 type Service struct {
 	Frontend Frontend
+	// Kind says where the frontend's address and port come from.
+	Kind FrontendKind
 	// Name is the Service this frontend belongs to.
 	Name types.NamespacedName
 	// PortName is the name of the Service port ("" for a single unnamed port).
 	PortName string
 	// Backends are sorted and unique. Empty means connects are refused.
 	Backends []Backend
-	// TrafficLocal is set for internalTrafficPolicy: Local. Backends then
-	// hold only endpoints on this node.
+	// TrafficLocal is set on the cluster IP frontends of a service with
+	// internalTrafficPolicy: Local. Backends then hold only endpoints on
+	// this node. The policy does not apply to the other kinds.
 	TrafficLocal bool
+	// ExternalLocal is set on the NodePort, ExternalIP and LoadBalancer
+	// frontends of a service with externalTrafficPolicy: Local. It does not
+	// narrow Backends: connections from this node are exempt from the
+	// policy, as kube-proxy exempts them (see Compute). It is there for
+	// the dataplane and for people reading the state.
+	ExternalLocal bool
 	// AffinityTimeout is the idle time after which a client's sticky
 	// backend is forgotten (sessionAffinity: ClientIP). 0 means no affinity.
 	AffinityTimeout time.Duration
@@ -95,6 +135,12 @@ type NodeInfo struct {
 	// Zone is the node's topology.kubernetes.io/zone label. Empty means
 	// unknown.
 	Zone string
+	// Addresses are this node's local addresses, where NodePorts are
+	// served. Order and duplicates do not matter. 127.0.0.1 and ::1 are
+	// always added, so the caller may leave loopback out; addresses that
+	// cannot carry a NodePort (link-local, multicast, ...) are skipped, so
+	// the caller may pass every address the kernel lists.
+	Addresses []netip.Addr
 }
 
 // State is the complete desired state, sorted by frontend.

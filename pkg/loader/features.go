@@ -103,6 +103,15 @@ func logFeatures(log *slog.Logger, feats []Feature) {
 	}
 }
 
+func available(feats []Feature, name string) bool {
+	for _, f := range feats {
+		if f.Name == name {
+			return f.Available
+		}
+	}
+	return false
+}
+
 // unusable returns the programs that cannot load with feats.
 func unusable(feats []Feature) []string {
 	var out []string

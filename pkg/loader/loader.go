@@ -63,6 +63,7 @@ type Datapath struct {
 	// Features is what the kernel was found to support.
 	Features []Feature
 	links    []link.Link
+	iters    []iterator
 }
 
 // Close releases the handles without detaching anything.
@@ -70,6 +71,9 @@ func (d *Datapath) Close() error {
 	errs := []error{d.Maps.Close()}
 	for _, l := range d.links {
 		errs = append(errs, l.Close())
+	}
+	for _, it := range d.iters {
+		errs = append(errs, it.link.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -102,6 +106,16 @@ func Load(opts Options) (_ *Datapath, err error) {
 	}
 	feats := ProbeFeatures()
 	logFeatures(log, feats)
+	if !available(feats, FeatSockDestroy) {
+		// The iterators call a kfunc that older kernels lack; without
+		// them the rest still loads, and departed backends' sockets are
+		// left to time out.
+		for name, ps := range spec.Programs {
+			if ps.AttachType == ebpf.AttachTraceIter {
+				delete(spec.Programs, name)
+			}
+		}
+	}
 	if missing := unusable(feats); len(missing) > 0 {
 		// Every hook needs the same core; a partial socket LB (connects
 		// rewritten, replies not) would be worse than none.
@@ -134,6 +148,16 @@ func Load(opts Options) (_ *Datapath, err error) {
 	names := slices.Sorted(maps.Keys(coll.Programs))
 	for _, name := range names {
 		ps := spec.Programs[name]
+		if ps.AttachType == ebpf.AttachTraceIter {
+			// Iterators run only when read; they need no pin, since the
+			// agent reading them is the one holding them.
+			it, err := link.AttachIter(link.IterOptions{Program: coll.Programs[name]})
+			if err != nil {
+				return nil, fmt.Errorf("attach iterator %s: %w", name, err)
+			}
+			dp.iters = append(dp.iters, iterator{name: name, section: ps.SectionName, link: it})
+			continue
+		}
 		l, replaced, err := attach(opts.BPFFSPath, opts.CgroupPath, cgroupID, name, ps.AttachType, coll.Programs[name])
 		if err != nil {
 			return nil, err
@@ -192,7 +216,10 @@ func OpenPinnedMaps(dir string) (*socklb.BpfMaps, error) {
 		return nil, fmt.Errorf("read bpf objects: %w", err)
 	}
 	coll := &ebpf.Collection{Maps: map[string]*ebpf.Map{}}
-	for name := range spec.Maps {
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
 		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			coll.Close()

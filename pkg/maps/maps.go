@@ -83,6 +83,13 @@ type Service struct {
 	Backends []BackendID
 }
 
+// Departure is a backend that left a frontend: sockets connected from the
+// frontend to the backend are stale and may be destroyed.
+type Departure struct {
+	RevNATID RevNATID
+	Backend  BackendID
+}
+
 // Counters are a frontend's counters summed over all CPUs.
 type Counters struct {
 	Connects uint64

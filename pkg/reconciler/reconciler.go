@@ -59,6 +59,8 @@ type Stats struct {
 	Published, Deleted             int // frontends written or removed
 	BackendsAdded, BackendsRemoved int
 	Skipped                        int // frontends the dataplane cannot program
+	// Departed lists the backends that left a frontend in this sync.
+	Departed []maps.Departure
 }
 
 // Restore rebuilds the bookkeeping from the maps, so that a restarted agent
@@ -186,6 +188,9 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 		if err != nil {
 			return st, fmt.Errorf("publish %s (%s): %w", d.fe, d.name, err)
 		}
+		if exists {
+			st.Departed = append(st.Departed, departures(revNAT, old.backends, ids)...)
+		}
 		r.services[d.fe] = written{revNAT: revNAT, name: d.name, flags: d.flags, affinity: d.affinity, backends: ids}
 		r.revNATs[revNAT] = true
 		st.Published++
@@ -200,6 +205,7 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 		if err := r.maps.DeleteService(fe); err != nil {
 			return st, fmt.Errorf("delete %s: %w", fe, err)
 		}
+		st.Departed = append(st.Departed, departures(r.services[fe].revNAT, r.services[fe].backends, nil)...)
 		delete(r.revNATs, r.services[fe].revNAT)
 		delete(r.services, fe)
 		st.Deleted++
@@ -225,6 +231,17 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 	}
 	st.Services, st.Backends = len(r.services), len(r.ids)
 	return st, nil
+}
+
+// departures lists the backends of before that are not in after.
+func departures(revNAT maps.RevNATID, before, after []maps.BackendID) []maps.Departure {
+	var out []maps.Departure
+	for _, id := range before {
+		if !slices.Contains(after, id) {
+			out = append(out, maps.Departure{RevNATID: revNAT, Backend: id})
+		}
+	}
+	return out
 }
 
 // ErrIDsExhausted: every backend or frontend id is in use.

@@ -279,3 +279,46 @@ func TestRestoreFailureIsReturnedAndRetried(t *testing.T) {
 	}
 	assertResolves(t, f, stateA)
 }
+
+func TestDepartedBackendsAreReported(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, nil)
+	if _, err := r.Apply(stateA); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Apply(stateB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// web lost 198.18.0.1 and .3; dns (deleted) lost both of its own.
+	bes := map[maps.BackendID]maps.Backend{}
+	for id, b := range mustBackendsBefore(t, stateA) {
+		bes[id] = b
+	}
+	var got []string
+	for _, d := range st.Departed {
+		got = append(got, bes[d.Backend].String())
+	}
+	slices.Sort(got)
+	want := []string{"198.18.0.1:53/UDP", "198.18.0.1:8080/TCP", "198.18.0.2:53/UDP", "198.18.0.3:8080/TCP"}
+	if !slices.Equal(got, want) {
+		t.Errorf("departed = %v, want %v", got, want)
+	}
+	if st, _ := r.Apply(stateB); len(st.Departed) != 0 {
+		t.Errorf("an unchanged sync reported departures: %v", st.Departed)
+	}
+}
+
+// mustBackendsBefore returns the backend ids a fresh reconciler gives st.
+func mustBackendsBefore(t *testing.T, st lb.State) map[maps.BackendID]maps.Backend {
+	t.Helper()
+	f := maps.NewFake()
+	if _, err := New(f, nil).Apply(st); err != nil {
+		t.Fatal(err)
+	}
+	bes, err := f.Backends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bes
+}

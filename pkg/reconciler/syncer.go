@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/socklb/socklb/pkg/lb"
+	"github.com/socklb/socklb/pkg/maps"
 )
 
 // Source is where the desired objects come from: the file source or the
@@ -34,6 +35,9 @@ type SyncerOptions struct {
 	RetryBase, RetryMax time.Duration
 	// OnSync, if set, is called after every sync attempt.
 	OnSync func(Stats, error)
+	// OnDeparted, if set, is called after a successful sync in which
+	// backends left frontends, e.g. to destroy their sockets.
+	OnDeparted func([]maps.Departure)
 	// Node is this node as configured; a source that knows more (the
 	// Kubernetes source reads the Node's zone) overrides it.
 	Node lb.NodeInfo
@@ -153,6 +157,9 @@ func (s *Syncer) syncOnce() error {
 	}
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
+	}
+	if len(st.Departed) > 0 && s.opts.OnDeparted != nil {
+		s.opts.OnDeparted(st.Departed)
 	}
 	first := !s.synced.Swap(true)
 	if first || st.Published+st.Deleted+st.BackendsAdded+st.BackendsRemoved > 0 {
