@@ -124,12 +124,14 @@ func (e *agentEnv) tryInspect() (map[string]inspectRow, error) {
 		}
 		return nil, fmt.Errorf("inspect: %w", err)
 	}
-	var rows []inspectRow
-	if err := json.Unmarshal(out, &rows); err != nil {
+	var parsed struct {
+		Frontends []inspectRow `json:"frontends"`
+	}
+	if err := json.Unmarshal(out, &parsed); err != nil {
 		return nil, fmt.Errorf("inspect output: %w\n%s", err, out)
 	}
 	m := map[string]inspectRow{}
-	for _, r := range rows {
+	for _, r := range parsed.Frontends {
 		m[r.Frontend] = r
 	}
 	return m, nil

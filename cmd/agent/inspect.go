@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -13,11 +14,23 @@ import (
 	"github.com/socklb/socklb/pkg/maps"
 )
 
+// inspectOutput is what `inspect --json` prints.
+type inspectOutput struct {
+	Frontends []inspectFrontend `json:"frontends"`
+	Features  []loader.Feature  `json:"features"`
+}
+
 // inspectFrontend is one row of `inspect`, also its JSON form.
 type inspectFrontend struct {
-	Frontend string           `json:"frontend"`
-	Service  string           `json:"service"`
-	ID       uint32           `json:"id"`
+	Frontend string `json:"frontend"`
+	Service  string `json:"service"`
+	ID       uint32 `json:"id"`
+	// Kind is ClusterIP, NodePort or External (externalIP or LB IP).
+	Kind string `json:"kind"`
+	// Affinity is the ClientIP affinity timeout in seconds, 0 for none.
+	Affinity uint32 `json:"affinitySeconds"`
+	// Local is internalTrafficPolicy: Local.
+	Local    bool             `json:"local"`
 	Backends []inspectBackend `json:"backends"`
 	Connects uint64           `json:"connects"`
 	Refused  uint64           `json:"refused"`
@@ -48,12 +61,13 @@ func newInspectCmd(v *viper.Viper) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			out := inspectOutput{Frontends: rows, Features: loader.ProbeFeatures()}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
+				return enc.Encode(out)
 			}
-			return printInspect(cmd.OutOrStdout(), rows)
+			return printInspect(cmd.OutOrStdout(), out)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
@@ -79,9 +93,14 @@ func collectInspect(m maps.Maps) ([]inspectFrontend, error) {
 			Frontend: s.Frontend.String(),
 			Service:  s.Name,
 			ID:       uint32(s.RevNATID),
+			Kind:     kindOf(s.Flags),
+			Local:    s.Flags&maps.FlagLocal != 0,
 			Backends: make([]inspectBackend, 0, len(s.Backends)),
 			Connects: cnt.Connects,
 			Refused:  cnt.Refused,
+		}
+		if s.Flags&maps.FlagAffinity != 0 {
+			row.Affinity = s.AffinityTimeout
 		}
 		for _, id := range s.Backends {
 			addr := "(missing)"
@@ -95,17 +114,49 @@ func collectInspect(m maps.Maps) ([]inspectFrontend, error) {
 	return rows, nil
 }
 
-func printInspect(w io.Writer, rows []inspectFrontend) error {
+func kindOf(flags uint16) string {
+	switch {
+	case flags&maps.FlagNodePort != 0:
+		return "NodePort"
+	case flags&maps.FlagExternal != 0:
+		return "External"
+	}
+	return "ClusterIP"
+}
+
+func printInspect(w io.Writer, out inspectOutput) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FRONTEND\tSERVICE\tID\tBACKENDS\tCONNECTS\tREFUSED")
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\n", r.Frontend, r.Service, r.ID, len(r.Backends), r.Connects, r.Refused)
+	fmt.Fprintln(tw, "FRONTEND\tKIND\tSERVICE\tID\tPOLICY\tBACKENDS\tCONNECTS\tREFUSED")
+	for _, r := range out.Frontends {
+		var policy []string
+		if r.Affinity > 0 {
+			policy = append(policy, fmt.Sprintf("affinity=%ds", r.Affinity))
+		}
+		if r.Local {
+			policy = append(policy, "local")
+		}
+		if len(policy) == 0 {
+			policy = append(policy, "-")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n", r.Frontend, r.Kind, r.Service, r.ID,
+			strings.Join(policy, ","), len(r.Backends), r.Connects, r.Refused)
 		for _, b := range r.Backends {
-			fmt.Fprintf(tw, "  -> %s\t\t\t\t\t\n", b.Address)
+			fmt.Fprintf(tw, "  -> %s\t\t\t\t\t\t\t\n", b.Address)
 		}
 	}
-	if len(rows) == 0 {
-		fmt.Fprintln(tw, "(no frontends)\t\t\t\t\t")
+	if len(out.Frontends) == 0 {
+		fmt.Fprintln(tw, "(no frontends)\t\t\t\t\t\t\t")
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nKERNEL FEATURES")
+	for _, f := range out.Features {
+		state := "yes"
+		if !f.Available {
+			state = "MISSING (" + f.Detail + ")"
+		}
+		fmt.Fprintf(w, "  %-62s %s\n", f.Name+" [>= "+f.MinKernel+"]", state)
+	}
+	return nil
 }

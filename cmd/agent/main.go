@@ -35,6 +35,7 @@ type Config struct {
 	// selects every Service.
 	ServiceSelector string
 	HealthAddr      string
+	DestroyTCP      bool
 	LogFormat       string
 	LogLevel        slog.Level
 	MinSync         time.Duration
@@ -77,6 +78,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.String("node-name", "", "this node's name, for node-local traffic policies and zones (env NODE_NAME)")
 	f.String("service-selector", "", "only handle Services matching this label selector, e.g. 'env in (prod, qa), tier notin (frontend)'")
 	f.String("health-addr", "127.0.0.1:9811", "address of /healthz and /readyz; empty disables")
+	f.Bool("destroy-tcp", false, "also destroy TCP sockets connected to a backend that left its service (UDP ones always are)")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.Duration("min-sync-interval", time.Second/10, "minimum time between two map syncs (bursts of changes collapse)")

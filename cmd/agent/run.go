@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os/signal"
@@ -22,6 +23,7 @@ import (
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
+	"github.com/socklb/socklb/pkg/nodeaddr"
 	"github.com/socklb/socklb/pkg/reconciler"
 )
 
@@ -88,18 +90,25 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	}
 	defer dp.Close()
 
-	syncer = reconciler.NewSyncer(reconciler.New(maps.New(&dp.Maps), log), []reconciler.Source{src},
+	addrs, err := nodeaddr.New(nodeaddr.Options{Logger: log.With("source", "netlink"), OnChange: trigger})
+	if err != nil {
+		return err
+	}
+	syncer = reconciler.NewSyncer(reconciler.New(maps.New(&dp.Maps), log),
+		[]reconciler.Source{src, nodeAddrSource{addrs}},
 		reconciler.SyncerOptions{
 			MinInterval:     c.MinSync,
 			Burst:           c.SyncBurst,
 			Node:            lb.NodeInfo{Name: c.NodeName},
 			ServiceSelector: selector,
+			OnDeparted:      destroyDeparted(dp, c, log),
 		}, log)
 
 	log.Info("socklb agent started", "version", version, "bpffs", c.BPFFSPath, "cgroup", c.CgroupPath,
 		"source", c.Source, "node", c.NodeName, "service_selector", c.ServiceSelector)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return runSource(ctx) })
+	g.Go(func() error { return addrs.Run(ctx) })
 	g.Go(func() error { return syncer.Run(ctx) })
 	if c.HealthAddr != "" {
 		g.Go(func() error { return serveHealth(ctx, c.HealthAddr, syncer.HasSynced, log) })
@@ -161,4 +170,34 @@ func kubeConfig(path string) (*rest.Config, error) {
 		return nil, fmt.Errorf("in-cluster config (outside a cluster, give --kubeconfig): %w", err)
 	}
 	return cfg, nil
+}
+
+// nodeAddrSource offers the node's addresses, for NodePort frontends.
+type nodeAddrSource struct{ w *nodeaddr.Watcher }
+
+func (s nodeAddrSource) Input() lb.Input {
+	return lb.Input{Node: lb.NodeInfo{Addresses: s.w.Addresses()}}
+}
+
+func (s nodeAddrSource) HasSynced() bool { return s.w.HasSynced() }
+
+// destroyDeparted closes the sockets connected to backends that left their
+// service: UDP always (a connected DNS client would stay pinned to a dead
+// backend), TCP when configured.
+func destroyDeparted(dp *loader.Datapath, c Config, log *slog.Logger) func([]maps.Departure) {
+	warned := false
+	return func(gone []maps.Departure) {
+		n, err := dp.DestroySockets(gone, loader.DestroyOptions{TCP: c.DestroyTCP, Logger: log})
+		switch {
+		case errors.Is(err, loader.ErrNoSockDestroy):
+			if !warned {
+				log.Warn("sockets of removed backends are left to time out", "reason", err)
+				warned = true
+			}
+		case err != nil:
+			log.Error("destroy sockets of removed backends", "error", err, "destroyed", n)
+		case n > 0:
+			log.Info("destroyed sockets of removed backends", "sockets", n, "departures", len(gone))
+		}
+	}
 }

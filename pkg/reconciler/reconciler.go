@@ -301,6 +301,12 @@ func flagsOf(s lb.Service) uint16 {
 	if s.TrafficLocal {
 		f |= maps.FlagLocal
 	}
+	switch s.Kind {
+	case lb.KindNodePort:
+		f |= maps.FlagNodePort
+	case lb.KindExternalIP, lb.KindLoadBalancer:
+		f |= maps.FlagExternal
+	}
 	return f
 }
 

@@ -139,8 +139,16 @@ func (s *Syncer) syncOnce() error {
 		i := src.Input()
 		in.Services = append(in.Services, i.Services...)
 		in.EndpointSlices = append(in.EndpointSlices, i.EndpointSlices...)
+		// Node facts come from several sources (configuration, the
+		// Node object, netlink): each fills in what it knows.
 		if i.Node.Name != "" {
-			in.Node = i.Node
+			in.Node.Name = i.Node.Name
+		}
+		if i.Node.Zone != "" {
+			in.Node.Zone = i.Node.Zone
+		}
+		if i.Node.Addresses != nil {
+			in.Node.Addresses = i.Node.Addresses
 		}
 	}
 	start := time.Now()
