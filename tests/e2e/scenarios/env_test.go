@@ -2,12 +2,15 @@ package scenarios
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sort"
 	"syscall"
 	"testing"
@@ -104,8 +107,11 @@ func (e *env) startAgent(t *testing.T, n *node, extra ...string) *testagent.Agen
 // podPort and podPort+1, and creates the Pod bound to nodeName.
 func (e *env) pod(t *testing.T, name, ip, nodeName string, labels map[string]string, ready bool) {
 	t.Helper()
-	testagent.StartPod(t, e.c.NS, name, ip, podPort)
-	testagent.StartPod(t, e.c.NS, name+"-alt", ip, podPort+1)
+	// ip may be a dual-stack pair "v4,v6"; each address serves the same name.
+	for _, a := range strings.Split(ip, ",") {
+		testagent.StartPod(t, e.c.NS, name, a, podPort)
+		testagent.StartPod(t, e.c.NS, name+"-alt", a, podPort+1)
+	}
 	e.c.CreatePod(t, testNS, name, labels, nodeName, ip,
 		corev1.ContainerPort{Name: "http", ContainerPort: podPort, Protocol: corev1.ProtocolTCP},
 		corev1.ContainerPort{Name: "alt", ContainerPort: podPort + 1, Protocol: corev1.ProtocolTCP})
@@ -151,7 +157,9 @@ func within(t *testing.T, n *node, f func()) {
 	f()
 }
 
-func (e *env) ask(addr string) (string, error) { return testagent.Ask(e.c.NS, "tcp4", addr) }
+// ask connects to addr (an IPv4 or IPv6 literal with a port) from the
+// cluster's namespace.
+func (e *env) ask(addr string) (string, error) { return testagent.Ask(e.c.NS, "tcp", addr) }
 
 // outcome is what a connect to addr gives: a pod's name, or an error
 // class ("refused", "unreachable", or the error text).
@@ -215,7 +223,11 @@ func (e *env) spread(t *testing.T, n *node, addr string, count int) map[string]i
 }
 
 func vip(svc *corev1.Service, port int) string {
-	return fmt.Sprintf("%s:%d", svc.Spec.ClusterIP, port)
+	return hostPort(svc.Spec.ClusterIP, port)
+}
+
+func hostPort(ip string, port int) string {
+	return netip.AddrPortFrom(netip.MustParseAddr(ip), uint16(port)).String()
 }
 
 func labelsOf(kv ...string) map[string]string {
@@ -227,3 +239,30 @@ func labelsOf(kv ...string) map[string]string {
 }
 
 func ctxFor(t *testing.T) context.Context { return t.Context() }
+
+// waitBackends waits until n's agent shows frontend (as inspect prints
+// it, e.g. "198.19.0.10:80/TCP") with count backends.
+func (e *env) waitBackends(t *testing.T, n *node, frontend string, count int) {
+	t.Helper()
+	cluster.WaitFor(t, fmt.Sprintf("%s with %d backends", frontend, count), waitLong, func(context.Context) (bool, error) {
+		out, err := n.cmd("inspect", "--json").Output()
+		if err != nil {
+			return false, err
+		}
+		var parsed struct {
+			Frontends []struct {
+				Frontend string            `json:"frontend"`
+				Backends []json.RawMessage `json:"backends"`
+			} `json:"frontends"`
+		}
+		if err := json.Unmarshal(out, &parsed); err != nil {
+			return false, err
+		}
+		for _, f := range parsed.Frontends {
+			if f.Frontend == frontend {
+				return len(f.Backends) == count, nil
+			}
+		}
+		return false, nil
+	})
+}
