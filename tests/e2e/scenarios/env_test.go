@@ -266,3 +266,39 @@ func (e *env) waitBackends(t *testing.T, n *node, frontend string, count int) {
 		return false, nil
 	})
 }
+
+// inspectRow is one frontend of `inspect --json`.
+type inspectRow struct {
+	Frontend string            `json:"frontend"`
+	Kind     string            `json:"kind"`
+	Affinity uint32            `json:"affinitySeconds"`
+	Local    bool              `json:"local"`
+	Backends []json.RawMessage `json:"backends"`
+}
+
+// inspect runs n's `agent inspect --json`.
+func (n *node) inspect(t *testing.T) (rows map[string]inspectRow, features map[string]bool) {
+	t.Helper()
+	out, err := n.cmd("inspect", "--json").Output()
+	if err != nil {
+		t.Fatalf("inspect: %v", err)
+	}
+	var parsed struct {
+		Frontends []inspectRow `json:"frontends"`
+		Features  []struct {
+			Name      string `json:"name"`
+			Available bool   `json:"available"`
+		} `json:"features"`
+	}
+	if err := json.Unmarshal(out, &parsed); err != nil {
+		t.Fatalf("inspect output: %v\n%s", err, out)
+	}
+	rows, features = map[string]inspectRow{}, map[string]bool{}
+	for _, r := range parsed.Frontends {
+		rows[r.Frontend] = r
+	}
+	for _, f := range parsed.Features {
+		features[f.Name] = f.Available
+	}
+	return rows, features
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/socklb/socklb/internal/sandbox"
 	"github.com/socklb/socklb/internal/testagent"
+	"github.com/socklb/socklb/pkg/loader"
 )
 
 // TestPrivilegedDualStackService: a RequireDualStack Service gets an IPv4
@@ -63,6 +64,19 @@ func TestPrivilegedNodePortService(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitOutcomes(t, a, hostPort(late.String(), nodePort), "web-1", "web-2")
+
+	rows, features := a.inspect(t)
+	for _, fe := range []string{hostPort("127.0.0.1", nodePort), hostPort(late.String(), nodePort)} {
+		if r := rows[fe+"/TCP"]; r.Kind != "NodePort" || len(r.Backends) != 2 {
+			t.Errorf("inspect shows %s as %+v, want a NodePort frontend with 2 backends", fe, r)
+		}
+	}
+	if r := rows[vip(svc, 80)+"/TCP"]; r.Kind != "ClusterIP" {
+		t.Errorf("inspect shows the ClusterIP frontend as %+v", r)
+	}
+	if len(features) == 0 || !features[loader.FeatSockDestroy] || !features[loader.FeatSkStorage] {
+		t.Errorf("inspect's feature report: %v", features)
+	}
 }
 
 // TestPrivilegedSessionAffinityService: sessionAffinity ClientIP keeps one
@@ -81,6 +95,9 @@ func TestPrivilegedSessionAffinityService(t *testing.T) {
 		s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}}
 	})
 	e.waitBackends(t, a, vip(svc, 80)+"/TCP", 3)
+	if rows, _ := a.inspect(t); rows[vip(svc, 80)+"/TCP"].Affinity != 600 {
+		t.Errorf("inspect shows affinity %+v, want 600 s", rows[vip(svc, 80)+"/TCP"])
+	}
 
 	// One client: the cluster's own namespace, 100 connects.
 	one := e.spread(t, a, vip(svc, 80), 100)
