@@ -21,22 +21,7 @@ import (
 // agentBin is built once by TestMain.
 var agentBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "socklb-agent-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBin, err = testagent.Build("..", dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testagent.Main(m, "..", &agentBin) }
 
 // agentEnv is what the agent processes of one test share: a private bpffs,
 // a child cgroup the test process has joined, a netns with "pods", and the

@@ -23,6 +23,26 @@ import (
 	"github.com/socklb/socklb/internal/sandbox"
 )
 
+// Main is a TestMain for packages that run the agent: it builds the
+// agent of the module at moduleRoot into a temporary directory, sets *bin
+// to its path, runs the tests and removes the directory.
+func Main(m *testing.M, moduleRoot string, bin *string) {
+	dir, err := os.MkdirTemp("", "socklb-agent-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin, err = Build(moduleRoot, dir)
+	code := 1
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	} else {
+		code = m.Run()
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // Build compiles ./cmd/agent of the module at moduleRoot into dir.
 func Build(moduleRoot, dir string) (string, error) {
 	bin := filepath.Join(dir, "socklb-agent")
