@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN := bin/socklb-agent
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 
-.PHONY: help generate verify-generated build test unit-test lint demo clean deps-clang e2e-bin e2e
+.PHONY: help generate verify-generated build test unit-test lint demo clean deps-clang e2e-bin e2e bench
 
 help: ## this menu
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ e2e-bin: ## build once (cached in ~/.cache/socklb-e2e) kube-apiserver, kube-cont
 e2e: build e2e-bin ## end-to-end tests against a real API server in a private netns (run as root)
 	set -o pipefail; $(GO) test -count=1 -p 1 -timeout 30m -v ./tests/e2e/... 2>&1 | \
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:[0-9]+:'
+
+bench: build e2e-bin ## socklb vs kube-proxy (iptables, nftables) vs direct; QUICK=1 for a short run (root)
+	$(GO) run ./tests/bench --agent $(BIN) $(if $(QUICK),--quick)
 
 demo: build ## show ClusterIP balancing in a private netns and child cgroup, then clean up
 	$(GO) run ./tests/demo --agent $(BIN) --services examples/demo.yaml

@@ -123,15 +123,20 @@ func (s *store) PublishService(svc Service) error {
 			}
 		}
 	}
-	keep := make(map[uint32]bool, len(svc.Backends))
-	for _, id := range svc.Backends {
-		keep[uint32(id)] = true
-	}
-	if svc.Flags&FlagAffinity == 0 {
-		keep = nil
-	}
-	if err := s.purgeAffinity(entry.RevNatId, keep); err != nil {
-		return fmt.Errorf("publish %s: %w", svc.Frontend, err)
+	// Only a frontend that had affinity can have entries to drop (ids of
+	// deleted frontends are purged on delete), and walking the affinity
+	// map on every publish would make a cold start quadratic.
+	if live && old.Flags&FlagAffinity != 0 {
+		keep := make(map[uint32]bool, len(svc.Backends))
+		for _, id := range svc.Backends {
+			keep[uint32(id)] = true
+		}
+		if svc.Flags&FlagAffinity == 0 {
+			keep = nil
+		}
+		if err := s.purgeAffinity(old.RevNatId, keep); err != nil {
+			return fmt.Errorf("publish %s: %w", svc.Frontend, err)
+		}
 	}
 	return nil
 }
