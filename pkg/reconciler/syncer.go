@@ -93,9 +93,11 @@ func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.
 }
 
 // Trigger asks for a sync. It never blocks; many triggers before the sync
-// runs give one sync.
+// runs give one sync. The rate limit applies to syncs, not to triggers: a
+// burst of a thousand informer events must not book a thousand future
+// slots.
 func (s *Syncer) Trigger() {
-	s.queue.AddAfter(syncKey, s.limiter.Reserve().Delay())
+	s.queue.Add(syncKey)
 }
 
 // HasSynced is true once the maps hold a full sync of every source.
@@ -111,6 +113,12 @@ func (s *Syncer) Run(ctx context.Context) error {
 	for {
 		key, quit := s.queue.Get()
 		if quit {
+			return nil
+		}
+		// Changes that arrive while we wait join this sync (the queue
+		// holds the key once).
+		if err := s.limiter.Wait(ctx); err != nil {
+			s.queue.Done(key)
 			return nil
 		}
 		err := s.syncOnce()

@@ -115,3 +115,35 @@ func TestSyncerWaitsForSourcesThenRetriesFailures(t *testing.T) {
 		t.Fatalf("service map holds %d entries, want 1 (an empty service entry)", svc)
 	}
 }
+
+// TestSyncerBurstOfTriggersSyncsPromptly: a thousand triggers (an informer
+// listing a thousand objects) give a prompt sync, not one delayed by a
+// thousand rate-limit slots.
+func TestSyncerBurstOfTriggersSyncsPromptly(t *testing.T) {
+	f := maps.NewFake()
+	src := &fakeSource{}
+	var syncs atomic.Int32
+	s := NewSyncer(New(f, nil), []Source{src}, SyncerOptions{
+		MinInterval: 100 * time.Millisecond, Burst: 2,
+		OnSync: func(Stats, error) { syncs.Add(1) },
+	}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for range 1000 {
+		s.Trigger()
+	}
+	src.set(oneService(), true)
+	start := time.Now()
+	s.Trigger()
+	waitFor(t, "the first sync", s.HasSynced)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("first sync after a burst of triggers took %s", took)
+	}
+	// Bursts collapse: far fewer syncs than triggers.
+	time.Sleep(300 * time.Millisecond)
+	if n := syncs.Load(); n > 6 {
+		t.Errorf("%d syncs for one burst of triggers", n)
+	}
+}

@@ -16,6 +16,10 @@
 // (and ServiceCIDRv6 for dual-stack Services); default/kubernetes has
 // ClusterIP KubernetesServiceIP and no endpoints (no endpoint reconciler).
 //
+// [StartWith] takes [Options]: other service ranges (e.g. room for 100 000
+// ClusterIPs), no controller manager (a benchmark that writes its own
+// EndpointSlices), a faster client, extra flags.
+//
 // Everything [Start] creates (processes, the namespace, temporary files) is
 // removed in t.Cleanup, also when the test fails; the components' logs are
 // printed with t.Log only when it fails. The binaries are built once and
@@ -36,10 +40,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +54,8 @@ import (
 
 	"github.com/socklb/socklb/internal/sandbox"
 	"github.com/socklb/socklb/tests/e2e/kubebuild"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -120,6 +128,9 @@ type Cluster struct {
 	Binaries *kubebuild.Binaries
 	// Dir holds certificates, the token file, etcd's data and the logs.
 	Dir string
+	// ServiceCIDRs are the ranges ClusterIPs come from: those of
+	// --service-cluster-ip-range, then Options.ExtraServiceCIDRs.
+	ServiceCIDRs []netip.Prefix
 
 	apiArgs []string
 	pki     *pki
@@ -179,8 +190,76 @@ func (w logWriter) Write(p []byte) (int, error) {
 // kube-controller-manager in a new network namespace. It returns when the
 // API server is ready, the default namespace exists and the controller
 // manager is healthy. Everything stops and is removed when the test ends.
+//
+// It is StartWith(t, Options{}).
 func Start(t testing.TB) *Cluster {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// Options change what [StartWith] starts. The zero value is [Start]'s
+// cluster.
+type Options struct {
+	// ServiceCIDR is --service-cluster-ip-range: one CIDR, or a
+	// comma-separated dual-stack pair, primary family first. Empty means
+	// ServiceCIDR + "," + ServiceCIDRv6. With the ServiceCIDR API (GA and
+	// locked on in v1.37) the API server no longer limits its size: an
+	// IPv4 /15 works. The first address is default/kubernetes's ClusterIP.
+	ServiceCIDR string
+	// ExtraServiceCIDRs are created as ServiceCIDR objects
+	// (networking.k8s.io/v1) once the API server is ready, and StartWith
+	// waits until the API server allocates from each. Each must be of an
+	// IP family of ServiceCIDR. The API server allocates a ClusterIP from
+	// a range picked at random, the next one when it is full: with
+	// ServiceCIDR 198.19.0.0/16, extras 198.18.128.0/17 and 198.18.64.0/18
+	// give 114 682 ClusterIPs and leave 198.18.0.0/18 to the pods.
+	ExtraServiceCIDRs []string
+	// WithoutControllerManager starts no kube-controller-manager: no
+	// EndpointSlice controller (the test writes EndpointSlices itself) and
+	// no garbage collector.
+	WithoutControllerManager bool
+	// ClientQPS and ClientBurst are those of Client and RESTConfig;
+	// 0 means 200 and 400.
+	ClientQPS   float32
+	ClientBurst int
+	// APIServerArgs are appended to kube-apiserver's flags (a later flag
+	// wins), e.g. "--max-requests-inflight=2000". EtcdArgs likewise, e.g.
+	// "--quota-backend-bytes=8589934592".
+	APIServerArgs []string
+	EtcdArgs      []string
+}
+
+// StartWith is [Start] with options. Without a controller manager it
+// returns when the API server is ready and the default namespace exists.
+func StartWith(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	serviceRange := opts.ServiceCIDR
+	if serviceRange == "" {
+		serviceRange = ServiceCIDR + "," + ServiceCIDRv6
+	}
+	var serviceCIDRs []netip.Prefix
+	for _, s := range append(strings.Split(serviceRange, ","), opts.ExtraServiceCIDRs...) {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || p != p.Masked() {
+			t.Fatalf("cluster options: service CIDR %q: not a CIDR (%v)", s, err)
+		}
+		serviceCIDRs = append(serviceCIDRs, p)
+	}
+	// An extra range must be of a family the flag configures; the API
+	// server would accept the object but never allocate from it.
+	flagRanges := len(serviceCIDRs) - len(opts.ExtraServiceCIDRs)
+	for _, p := range serviceCIDRs[flagRanges:] {
+		if !slices.ContainsFunc(serviceCIDRs[:flagRanges], func(f netip.Prefix) bool { return f.Addr().Is4() == p.Addr().Is4() }) {
+			t.Fatalf("cluster options: extra service CIDR %s: its IP family is not in --service-cluster-ip-range=%s", p, serviceRange)
+		}
+	}
+	qps, burst := opts.ClientQPS, opts.ClientBurst
+	if qps == 0 {
+		qps = 200
+	}
+	if burst == 0 {
+		burst = 400
+	}
 	sandbox.RequirePrivileges(t)
 	bins := binaries(t)
 
@@ -191,6 +270,8 @@ func Start(t testing.TB) *Cluster {
 		Server:     "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(APIServerPort)),
 		AdminToken: token(),
 		PlainToken: token(),
+
+		ServiceCIDRs: serviceCIDRs,
 	}
 	// Cleanups run last-in first-out: stop the processes, then print the
 	// logs of a failed test, then remove Dir (t.TempDir) and the netns.
@@ -231,8 +312,8 @@ func Start(t testing.TB) *Cluster {
 		TLSClientConfig: rest.TLSClientConfig{CAData: c.CAPEM},
 		Dial:            c.NS.Dial,
 		Proxy:           noProxy, // never leave the namespace through a proxy
-		QPS:             200,
-		Burst:           400,
+		QPS:             qps,
+		Burst:           burst,
 		UserAgent:       "socklb-e2e",
 	}
 	if c.Client, err = kubernetes.NewForConfig(c.RESTConfig); err != nil {
@@ -242,17 +323,17 @@ func Start(t testing.TB) *Cluster {
 
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPeerPort)
-	c.etcd = c.start(t, "etcd", bins.Etcd,
+	c.etcd = c.start(t, "etcd", bins.Etcd, append([]string{
 		"--name=e2e",
-		"--data-dir="+filepath.Join(c.Dir, "etcd"),
-		"--listen-client-urls="+etcdURL,
-		"--advertise-client-urls="+etcdURL,
-		"--listen-peer-urls="+peerURL,
-		"--initial-advertise-peer-urls="+peerURL,
-		"--initial-cluster=e2e="+peerURL,
+		"--data-dir=" + filepath.Join(c.Dir, "etcd"),
+		"--listen-client-urls=" + etcdURL,
+		"--advertise-client-urls=" + etcdURL,
+		"--listen-peer-urls=" + peerURL,
+		"--initial-advertise-peer-urls=" + peerURL,
+		"--initial-cluster=e2e=" + peerURL,
 		"--unsafe-no-fsync", // throwaway data; fsync is most of a write's cost
 		"--log-level=warn",
-	)
+	}, opts.EtcdArgs...)...)
 
 	certDir := filepath.Join(c.Dir, "certs") // so that nothing writes to /var/run/kubernetes
 	c.apiArgs = []string{
@@ -269,7 +350,7 @@ func Start(t testing.TB) *Cluster {
 		// A node agent such as socklb's DaemonSet runs privileged; real
 		// clusters allow that, and the dry-run of deploy/ needs it.
 		"--allow-privileged=true",
-		"--service-cluster-ip-range=" + ServiceCIDR + "," + ServiceCIDRv6,
+		"--service-cluster-ip-range=" + serviceRange,
 		"--endpoint-reconciler-type=none",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + c.pki.saPubFile,
@@ -281,11 +362,19 @@ func Start(t testing.TB) *Cluster {
 		"--profiling=false",
 		"--v=1",
 	}
+	c.apiArgs = append(c.apiArgs, opts.APIServerArgs...)
 	c.api = c.start(t, "kube-apiserver", bins.APIServer, c.apiArgs...)
 	if err := c.waitAPIServer(); err != nil {
 		t.Fatal(err)
 	}
 
+	if opts.WithoutControllerManager {
+		if err := c.waitDefaultNamespace(); err != nil {
+			t.Fatal(err)
+		}
+		c.createServiceCIDRs(t, opts.ExtraServiceCIDRs)
+		return c
+	}
 	c.kcm = c.start(t, "kube-controller-manager", bins.ControllerManager,
 		"--kubeconfig="+kcmKubeconfig,
 		"--controllers=endpointslice-controller,garbage-collector-controller",
@@ -301,11 +390,7 @@ func Start(t testing.TB) *Cluster {
 		"--profiling=false",
 		"--v=1",
 	)
-	err = c.wait("the default namespace", func(ctx context.Context) error {
-		_, err := c.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
-		return err
-	}, c.etcd, c.api)
-	if err != nil {
+	if err := c.waitDefaultNamespace(); err != nil {
 		t.Fatal(err)
 	}
 	err = c.wait("kube-controller-manager /healthz", func(ctx context.Context) error {
@@ -314,7 +399,58 @@ func Start(t testing.TB) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.createServiceCIDRs(t, opts.ExtraServiceCIDRs)
 	return c
+}
+
+func (c *Cluster) waitDefaultNamespace() error {
+	return c.wait("the default namespace", func(ctx context.Context) error {
+		_, err := c.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+		return err
+	}, c.etcd, c.api)
+}
+
+// createServiceCIDRs creates a ServiceCIDR object per CIDR, named
+// e2e-extra-N, and waits until the API server allocates from it. No
+// controller sets their Ready condition (the controller manager runs only
+// the EndpointSlice and GC controllers), and the API server takes a
+// ServiceCIDR without the condition as ready; so the wait is for a dry-run
+// Service with the CIDR's first address to be accepted.
+func (c *Cluster) createServiceCIDRs(t testing.TB, cidrs []string) {
+	t.Helper()
+	for i, cidr := range cidrs {
+		name := fmt.Sprintf("e2e-extra-%d", i)
+		prefix := netip.MustParsePrefix(strings.TrimSpace(cidr)) // checked by StartWith
+		obj := &networkingv1.ServiceCIDR{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       networkingv1.ServiceCIDRSpec{CIDRs: []string{prefix.String()}},
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		_, err := c.Client.NetworkingV1().ServiceCIDRs().Create(ctx, obj, metav1.CreateOptions{})
+		cancel()
+		if err != nil {
+			t.Fatalf("create ServiceCIDR %s (%s): %v", name, prefix, err)
+		}
+		family := corev1.IPv4Protocol
+		if prefix.Addr().Is6() {
+			family = corev1.IPv6Protocol
+		}
+		probe := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name + "-probe"},
+			Spec: corev1.ServiceSpec{
+				ClusterIP:  prefix.Addr().Next().String(),
+				IPFamilies: []corev1.IPFamily{family},
+				Ports:      []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}},
+			},
+		}
+		err = c.wait("ServiceCIDR "+name+" ("+prefix.String()+") in use", func(ctx context.Context) error {
+			_, err := c.Client.CoreV1().Services("default").Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		}, c.etcd, c.api)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // StopAPIServer kills kube-apiserver and waits for it to exit; etcd and

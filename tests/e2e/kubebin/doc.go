@@ -1,6 +1,7 @@
 // Package kubebin is a separate Go module that pins the Kubernetes and etcd
-// binaries the e2e tests run: kube-apiserver, kube-controller-manager and
-// etcd, as `tool` directives, so that go.sum lists every module they need.
+// binaries the e2e tests and benchmarks run: kube-apiserver,
+// kube-controller-manager, kube-proxy and etcd, as `tool` directives, so
+// that go.sum lists every module they need.
 //
 // go.mod and go.sum are generated from Kubernetes' own go.mod; to move to
 // another release, change the version below and run `go generate` here.

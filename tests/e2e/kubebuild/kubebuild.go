@@ -1,5 +1,6 @@
-// Package kubebuild builds, once, the Kubernetes binaries the e2e tests run
-// (kube-apiserver, kube-controller-manager, etcd) from the kubebin module
+// Package kubebuild builds, once, the Kubernetes binaries the e2e tests and
+// benchmarks run (kube-apiserver, kube-controller-manager, kube-proxy,
+// etcd) from the kubebin module
 // and caches them under ${SOCKLB_E2E_CACHE:-$HOME/.cache/socklb-e2e}.
 //
 // The build always uses the same flags, so a later rebuild (another Go
@@ -35,6 +36,7 @@ type Binaries struct {
 	Dir               string
 	APIServer         string
 	ControllerManager string
+	KubeProxy         string // the benchmarks' baseline
 	Etcd              string
 }
 
@@ -42,6 +44,7 @@ type Binaries struct {
 var packages = []struct{ name, pkg, built string }{
 	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"},
 	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", "kube-controller-manager"},
+	{"kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", "kube-proxy"},
 	{"etcd", "go.etcd.io/etcd/server/v3", "server"}, // go build names it after the path element before /v3
 }
 
@@ -198,6 +201,7 @@ func binariesIn(dir string) *Binaries {
 		Dir:               dir,
 		APIServer:         filepath.Join(dir, "kube-apiserver"),
 		ControllerManager: filepath.Join(dir, "kube-controller-manager"),
+		KubeProxy:         filepath.Join(dir, "kube-proxy"),
 		Etcd:              filepath.Join(dir, "etcd"),
 	}
 }

@@ -33,7 +33,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	for _, p := range []string{bins.APIServer, bins.ControllerManager, bins.Etcd} {
+	for _, p := range []string{bins.APIServer, bins.ControllerManager, bins.Etcd, bins.KubeProxy} {
 		fmt.Fprintln(os.Stderr, p)
 	}
 	fmt.Println(bins.Dir)

@@ -1,0 +1,624 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testagent"
+	"github.com/socklb/socklb/tests/bench/kubeproxy"
+	"github.com/socklb/socklb/tests/e2e/cluster"
+)
+
+const (
+	benchNS   = "bench"
+	nodeName  = "bench-node"
+	podPort   = 8080
+	bulkPort  = 9000
+	markerPod = "198.18.0.100"
+)
+
+// Results is everything one run measured.
+type Results struct {
+	Date    string   `json:"date"`
+	Machine string   `json:"machine"`
+	Kernel  string   `json:"kernel"`
+	Command string   `json:"command"`
+	Took    string   `json:"took"`
+	Rows    []Row    `json:"rows"`
+	Notes   []string `json:"notes"`
+}
+
+// Row is one peer at one number of services. Zero means not measured.
+type Row struct {
+	Services        int     `json:"services"`
+	Peer            string  `json:"peer"`
+	ConnPerSec      float64 `json:"connPerSec"`
+	P50us           float64 `json:"p50us"`
+	P99us           float64 `json:"p99us"`
+	Failed          int     `json:"failedConnects"`
+	BulkMBps        float64 `json:"bulkMBps"`
+	ColdStartMs     float64 `json:"coldStartMs,omitempty"`
+	AgentSyncMs     float64 `json:"agentSyncMs,omitempty"`
+	ChangeP50Ms     float64 `json:"changeP50ms,omitempty"`
+	ChangeP99Ms     float64 `json:"changeP99ms,omitempty"`
+	RSSMiB          float64 `json:"rssMiB,omitempty"`
+	BPFNsPerConnect float64 `json:"bpfNsPerConnect,omitempty"`
+	Error           string  `json:"error,omitempty"`
+}
+
+// world is the run's cluster, backends and Services.
+type world struct {
+	tb     *programTB
+	c      *cluster.Cluster
+	client kubernetes.Interface
+	cfg    config
+	log    *slog.Logger
+	pods   []string // backend addresses
+	vips   []string // "ip:80" of svc-0..n-1
+	slices []*discoveryv1.EndpointSlice
+	bulk   string // "ip:9000" of the bulk Service
+}
+
+func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*Results, error) {
+	if err := sandbox.CheckPrivileges(); err != nil {
+		return nil, fmt.Errorf("the benchmark needs root: %w", err)
+	}
+	before, err := kubeproxy.SnapshotHostFirewall()
+	if err != nil {
+		return nil, err
+	}
+	res := &Results{
+		Date:    time.Now().UTC().Format("2006-01-02"),
+		Machine: machine(),
+		Kernel:  kernel(),
+		Command: "make bench" + map[bool]string{true: " QUICK=1", false: ""}[c.quick],
+	}
+	w := &world{tb: tb, cfg: c, log: log}
+	log.Info("starting etcd and kube-apiserver in a private network namespace")
+	// 114 682 ClusterIPs for the largest run, none overlapping the pods'
+	// 198.18.0.0/18; no controller manager: the slices are hand-made.
+	w.c = cluster.StartWith(tb, cluster.Options{
+		ServiceCIDR:              "198.19.0.0/16",
+		ExtraServiceCIDRs:        []string{"198.18.128.0/17", "198.18.64.0/18"},
+		WithoutControllerManager: true,
+		ClientQPS:                5000,
+		ClientBurst:              10000,
+	})
+	cfg := rest.CopyConfig(w.c.RESTConfig)
+	cfg.QPS, cfg.Burst = 5000, 10000
+	if w.client, err = kubernetes.NewForConfig(cfg); err != nil {
+		return nil, err
+	}
+	w.c.CreateNode(tb, nodeName, "")
+	w.c.CreateNamespace(tb, benchNS)
+	w.startBackends()
+
+	all := append(slices.Clone(c.sizes), c.socklbOnly...)
+	for _, n := range all {
+		log.Info("loading services", "services", n, "endpoints_each", c.endpoints)
+		start := time.Now()
+		if err := w.ensureServices(ctx, n); err != nil {
+			return nil, err
+		}
+		log.Info("services loaded", "services", n, "took", time.Since(start).Round(time.Millisecond))
+		peers := []string{"direct", "socklb", "kube-proxy-iptables", "kube-proxy-nftables"}
+		if slices.Contains(c.socklbOnly, n) {
+			peers = peers[:2]
+		}
+		for _, p := range peers {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			log.Info("measuring", "services", n, "peer", p)
+			row := w.measurePeer(ctx, p, n)
+			log.Info("measured", "row", fmt.Sprintf("%+v", row))
+			res.Rows = append(res.Rows, row)
+		}
+	}
+
+	after, err := kubeproxy.SnapshotHostFirewall()
+	if err != nil {
+		return nil, err
+	}
+	if ok, diff := before.Equal(after); !ok {
+		return nil, fmt.Errorf("the host's firewall changed during the run: %s", diff)
+	}
+	res.Notes = append(res.Notes, "host iptables, ip6tables and nftables rulesets were identical before and after the run")
+	return res, nil
+}
+
+// startBackends runs the pods: name servers on the namespace's loopback,
+// a marker pod for change latency, and a sink for bulk throughput.
+func (w *world) startBackends() {
+	for i := 1; i <= w.cfg.endpoints; i++ {
+		addr := fmt.Sprintf("198.18.0.%d", i)
+		testagent.StartPod(w.tb, w.c.NS, fmt.Sprintf("pod-%d", i), addr, podPort)
+		w.pods = append(w.pods, addr)
+	}
+	testagent.StartPod(w.tb, w.c.NS, "marker", markerPod, podPort)
+	l, err := w.c.NS.Listen("tcp4", fmt.Sprintf("198.18.0.1:%d", bulkPort))
+	if err != nil {
+		w.tb.Fatalf("bulk sink: %v", err)
+	}
+	w.tb.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				n, _ := io.Copy(io.Discard, c)
+				fmt.Fprintf(c, "%d\n", n)
+			}()
+		}
+	}()
+}
+
+// ensureServices creates Services svc-<i> with ClusterIPs and a hand-made
+// EndpointSlice each (every pod as an endpoint) until there are n.
+func (w *world) ensureServices(ctx context.Context, n int) error {
+	if w.bulk == "" {
+		svc, sl, err := w.createService(ctx, "bulk", []string{"198.18.0.1"}, bulkPort)
+		if err != nil {
+			return err
+		}
+		_ = sl
+		w.bulk = netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80).String()
+	}
+	from := len(w.vips)
+	if n <= from {
+		return nil
+	}
+	w.vips = append(w.vips, make([]string, n-from)...)
+	w.slices = append(w.slices, make([]*discoveryv1.EndpointSlice, n-from)...)
+	jobs := make(chan int)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				svc, sl, err := w.createService(ctx, fmt.Sprintf("svc-%06d", i), w.pods, podPort)
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					continue
+				}
+				w.vips[i] = netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80).String()
+				w.slices[i] = sl
+			}
+		}()
+	}
+	for i := from; i < n; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+func (w *world) createService(ctx context.Context, name string, pods []string, port int32) (*corev1.Service, *discoveryv1.EndpointSlice, error) {
+	svc, err := w.client.CoreV1().Services(benchNS).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: name},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{
+			Name: "http", Port: 80, TargetPort: intstr.FromInt32(port), Protocol: corev1.ProtocolTCP,
+		}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create service %s: %w", name, err)
+	}
+	sl, err := w.client.DiscoveryV1().EndpointSlices(benchNS).Create(ctx, slice(name, pods, port), metav1.CreateOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create endpointslice of %s: %w", name, err)
+	}
+	return svc, sl, nil
+}
+
+func slice(svc string, pods []string, port int32) *discoveryv1.EndpointSlice {
+	name, proto := "http", corev1.ProtocolTCP
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: benchNS, Name: svc + "-manual",
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc, discoveryv1.LabelManagedBy: "socklb-bench"},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	ready := true
+	for _, p := range pods {
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{
+			Addresses: []string{p}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			NodeName: ptr(nodeName),
+		})
+	}
+	return sl
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// measurePeer runs every measurement of one peer at n services.
+func (w *world) measurePeer(ctx context.Context, peer string, n int) (row Row) {
+	row = Row{Services: n, Peer: peer}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(errFatal)
+			if !ok {
+				panic(r)
+			}
+			row.Error = f.msg
+			w.log.Error("peer failed", "peer", peer, "services", n, "error", f.msg)
+		}
+	}()
+	targets, bulk := w.vips[:n], w.bulk
+	switch peer {
+	case "direct":
+		targets, bulk = nil, fmt.Sprintf("198.18.0.1:%d", bulkPort)
+		for _, p := range w.pods {
+			targets = append(targets, fmt.Sprintf("%s:%d", p, podPort))
+		}
+		w.dataPath(&row, targets, bulk)
+		return row
+	case "socklb":
+		w.socklb(ctx, &row, targets, bulk)
+	default:
+		w.kubeProxy(ctx, &row, kubeproxy.Mode(strings.TrimPrefix(peer, "kube-proxy-")), targets, bulk)
+	}
+	return row
+}
+
+func (w *world) socklb(ctx context.Context, row *Row, targets []string, bulk string) {
+	cg, rmCg, err := sandbox.CreateCgroup("socklb-bench-")
+	if err != nil {
+		w.tb.Fatalf("cgroup: %v", err)
+	}
+	defer rmCg()
+	fs, rmFS, err := sandbox.CreateBPFFS("socklb-bench-bpffs-")
+	if err != nil {
+		w.tb.Fatalf("bpffs: %v", err)
+	}
+	defer rmFS()
+	pins := filepath.Join(fs, "socklb")
+	args := []string{"--bpffs-path=" + pins, "--cgroup-path=" + cg.Path()}
+	defer func() {
+		if out, err := exec.Command(w.cfg.agentBin, append([]string{"cleanup"}, args...)...).CombinedOutput(); err != nil {
+			w.log.Error("agent cleanup", "error", err, "output", string(out))
+		}
+	}()
+	// Clients must be in the cgroup before they open sockets.
+	restore, err := cg.EnterSelf()
+	if err != nil {
+		w.tb.Fatalf("enter cgroup: %v", err)
+	}
+	defer restore()
+
+	start := time.Now()
+	agent := testagent.Start(w.tb, exec.Command(w.cfg.agentBin, append([]string{"run", "--source=kubernetes",
+		"--kubeconfig=" + w.c.Kubeconfig, "--node-name=" + nodeName, "--health-addr="}, args...)...), w.c.NS)
+	defer agent.Kill(syscall.SIGTERM)
+	w.waitServing(targets, 3*time.Minute)
+	row.ColdStartMs = ms(time.Since(start))
+	agent.WaitLog(w.tb, "maps synced", time.Minute)
+	row.AgentSyncMs = agentSyncMs(agent.Logs())
+
+	stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		w.tb.Fatalf("enable BPF run-time stats: %v", err)
+	}
+	prog := pinnedProgram(w.tb, pins, "link_sock4_connect")
+	before, _ := prog.Stats()
+	w.dataPath(row, targets, bulk)
+	after, _ := prog.Stats()
+	stats.Close()
+	prog.Close()
+	if before != nil && after != nil && after.RunCount > before.RunCount {
+		row.BPFNsPerConnect = float64(after.Runtime-before.Runtime) / float64(after.RunCount-before.RunCount)
+	}
+	w.changeLatency(ctx, row)
+	row.RSSMiB = rssMiB(agent.Cmd.Process.Pid)
+}
+
+func (w *world) kubeProxy(ctx context.Context, row *Row, mode kubeproxy.Mode, targets []string, bulk string) {
+	start := time.Now()
+	p, stop, err := kubeproxy.Start(ctx, w.c, mode, nodeName, w.tb.TempDir())
+	if err != nil {
+		w.tb.Fatalf("start kube-proxy %s: %v", mode, err)
+	}
+	defer func() {
+		if err := stop(); err != nil {
+			w.log.Error("stop kube-proxy", "error", err)
+		}
+	}()
+	w.waitServing(targets, 10*time.Minute)
+	row.ColdStartMs = ms(time.Since(start))
+	w.dataPath(row, targets, bulk)
+	w.changeLatency(ctx, row)
+	if rss, err := p.RSS(); err == nil {
+		row.RSSMiB = float64(rss) / (1 << 20)
+	}
+}
+
+// waitServing waits until a sample of the targets (and the last one)
+// answer: the peer has programmed the services.
+func (w *world) waitServing(targets []string, timeout time.Duration) {
+	sample := []string{targets[len(targets)-1], targets[0]}
+	for range 20 {
+		sample = append(sample, targets[rand.IntN(len(targets))])
+	}
+	deadline := time.Now().Add(timeout)
+	for _, t := range sample {
+		for {
+			if _, err := askOnce(w.c.NS, t, 300*time.Millisecond); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				w.tb.Fatalf("%s never answered within %s", t, timeout)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+func askOnce(ns *sandbox.Netns, addr string, timeout time.Duration) (string, error) {
+	var name string
+	err := ns.Do(func() error {
+		var err error
+		name, err = request(&net.Dialer{Timeout: timeout}, addr)
+		return err
+	})
+	return name, err
+}
+
+// request is one short connection: connect, a small request, the
+// response line, close.
+func request(d *net.Dialer, addr string) (string, error) {
+	c, err := d.Dial("tcp4", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// dataPath measures short connections to random targets with the
+// configured number of parallel clients, then one bulk transfer.
+func (w *world) dataPath(row *Row, targets []string, bulk string) {
+	var (
+		mu     sync.Mutex
+		lat    []time.Duration
+		failed int
+		wg     sync.WaitGroup
+	)
+	end := time.Now().Add(w.cfg.duration)
+	for range w.cfg.parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			var bad int
+			// One thread in the namespace for the whole run, so that no
+			// setns is counted in the latency.
+			_ = w.c.NS.Do(func() error {
+				d := &net.Dialer{Timeout: 2 * time.Second}
+				for time.Now().Before(end) {
+					t0 := time.Now()
+					if _, err := request(d, targets[rand.IntN(len(targets))]); err != nil {
+						bad++
+						continue
+					}
+					mine = append(mine, time.Since(t0))
+				}
+				return nil
+			})
+			mu.Lock()
+			lat = append(lat, mine...)
+			failed += bad
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	slices.Sort(lat)
+	row.Failed = failed
+	if len(lat) > 0 {
+		row.ConnPerSec = float64(len(lat)) / w.cfg.duration.Seconds()
+		row.P50us = us(lat[len(lat)/2])
+		row.P99us = us(lat[len(lat)*99/100])
+	}
+	row.BulkMBps = w.bulkThroughput(bulk)
+}
+
+func (w *world) bulkThroughput(addr string) float64 {
+	var mbps float64
+	err := w.c.NS.Do(func() error {
+		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 256<<10)
+		start := time.Now()
+		for sent := int64(0); sent < w.cfg.bulkBytes; sent += int64(len(buf)) {
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+		ack, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		got, _ := strconv.ParseInt(strings.TrimSpace(ack), 10, 64)
+		if got < w.cfg.bulkBytes {
+			return fmt.Errorf("sink got %d of %d bytes", got, w.cfg.bulkBytes)
+		}
+		mbps = float64(got) / (1 << 20) / time.Since(start).Seconds()
+		return nil
+	})
+	if err != nil {
+		w.log.Error("bulk transfer", "error", err)
+	}
+	return mbps
+}
+
+// changeLatency changes endpoints of random services and measures the
+// time from the API server accepting the change to the first connect that
+// shows it: to the marker pod alone, then back to every pod.
+func (w *world) changeLatency(ctx context.Context, row *Row) {
+	var took []time.Duration
+	for i := 0; i < w.cfg.changes; i += 2 {
+		idx := rand.IntN(len(w.vips))
+		if row.Services < len(w.vips) {
+			idx = rand.IntN(row.Services)
+		}
+		for _, toMarker := range []bool{true, false} {
+			pods := w.pods
+			if toMarker {
+				pods = []string{markerPod}
+			}
+			sl := w.slices[idx]
+			sl.Endpoints = slice("", pods, podPort).Endpoints
+			updated, err := w.client.DiscoveryV1().EndpointSlices(benchNS).Update(ctx, sl, metav1.UpdateOptions{})
+			if err != nil {
+				w.tb.Fatalf("update endpointslice: %v", err)
+			}
+			w.slices[idx] = updated
+			accepted := time.Now()
+			for {
+				name, err := askOnce(w.c.NS, w.vips[idx], time.Second)
+				if err == nil && (name == "marker") == toMarker {
+					break
+				}
+				if time.Since(accepted) > time.Minute {
+					w.tb.Fatalf("endpoint change on %s not applied after a minute", w.vips[idx])
+				}
+			}
+			took = append(took, time.Since(accepted))
+		}
+	}
+	slices.Sort(took)
+	if len(took) > 0 {
+		row.ChangeP50Ms = ms(took[len(took)/2])
+		row.ChangeP99Ms = ms(took[len(took)*99/100])
+	}
+}
+
+func pinnedProgram(tb *programTB, dir, linkPin string) *ebpf.Program {
+	l, err := link.LoadPinnedLink(filepath.Join(dir, linkPin), nil)
+	if err != nil {
+		tb.Fatalf("open %s: %v", linkPin, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		tb.Fatalf("link info: %v", err)
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		tb.Fatalf("open program %d: %v", info.Program, err)
+	}
+	return p
+}
+
+var syncTook = regexp.MustCompile(`msg="maps synced" first=true took=(\S+)`)
+
+// agentSyncMs is the agent's own time for its first full sync (model and
+// map writes), from its log.
+func agentSyncMs(logs string) float64 {
+	m := syncTook.FindStringSubmatch(logs)
+	if m == nil {
+		return 0
+	}
+	d, err := time.ParseDuration(m[1])
+	if err != nil {
+		return 0
+	}
+	return ms(d)
+}
+
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func machine() string {
+	cpus := 0
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		model := ""
+		for line := range strings.Lines(string(b)) {
+			if strings.HasPrefix(line, "processor") {
+				cpus++
+			}
+			if model == "" && strings.HasPrefix(line, "model name") {
+				model = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+			}
+		}
+		var si unix.Sysinfo_t
+		_ = unix.Sysinfo(&si)
+		return fmt.Sprintf("%d × %s, %.0f GiB RAM", cpus, model, float64(si.Totalram)*float64(si.Unit)/(1<<30))
+	}
+	return "unknown"
+}
+
+func kernel() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
