@@ -39,9 +39,16 @@ import (
 const (
 	benchNS   = "bench"
 	nodeName  = "bench-node"
-	podPort   = 8080
 	bulkPort  = 9000
 	markerPod = "198.18.0.100"
+	// Service i targets port firstPodPort + i%podPorts on every pod. With
+	// one shared port, kube-proxy's conntrack sees reply-tuple clashes
+	// between Services (a client port reused towards another VIP that NATs
+	// to the same backend) and drops SYNs, which real clusters, whose
+	// Services rarely share backends, mostly do not.
+	firstPodPort = 20000
+	podPorts     = 100
+	changeGap    = 150 * time.Millisecond
 )
 
 // Results is everything one run measured.
@@ -159,10 +166,14 @@ func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*R
 func (w *world) startBackends() {
 	for i := 1; i <= w.cfg.endpoints; i++ {
 		addr := fmt.Sprintf("198.18.0.%d", i)
-		testagent.StartPod(w.tb, w.c.NS, fmt.Sprintf("pod-%d", i), addr, podPort)
+		for p := range podPorts {
+			testagent.StartPod(w.tb, w.c.NS, fmt.Sprintf("pod-%d", i), addr, uint16(firstPodPort+p))
+		}
 		w.pods = append(w.pods, addr)
 	}
-	testagent.StartPod(w.tb, w.c.NS, "marker", markerPod, podPort)
+	for p := range podPorts {
+		testagent.StartPod(w.tb, w.c.NS, "marker", markerPod, uint16(firstPodPort+p))
+	}
 	l, err := w.c.NS.Listen("tcp4", fmt.Sprintf("198.18.0.1:%d", bulkPort))
 	if err != nil {
 		w.tb.Fatalf("bulk sink: %v", err)
@@ -208,7 +219,7 @@ func (w *world) ensureServices(ctx context.Context, n int) error {
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				svc, sl, err := w.createService(ctx, fmt.Sprintf("svc-%06d", i), w.pods, podPort)
+				svc, sl, err := w.createService(ctx, fmt.Sprintf("svc-%06d", i), w.pods, int32(firstPodPort+i%podPorts))
 				if err != nil {
 					select {
 					case errs <- err:
@@ -291,7 +302,9 @@ func (w *world) measurePeer(ctx context.Context, peer string, n int) (row Row) {
 	case "direct":
 		targets, bulk = nil, fmt.Sprintf("198.18.0.1:%d", bulkPort)
 		for _, p := range w.pods {
-			targets = append(targets, fmt.Sprintf("%s:%d", p, podPort))
+			for port := range podPorts {
+				targets = append(targets, fmt.Sprintf("%s:%d", p, firstPodPort+port))
+			}
 		}
 		w.dataPath(&row, targets, bulk)
 		return row
@@ -520,7 +533,7 @@ func (w *world) changeLatency(ctx context.Context, row *Row) {
 				pods = []string{markerPod}
 			}
 			sl := w.slices[idx]
-			sl.Endpoints = slice("", pods, podPort).Endpoints
+			sl.Endpoints = slice("", pods, 0).Endpoints
 			updated, err := w.client.DiscoveryV1().EndpointSlices(benchNS).Update(ctx, sl, metav1.UpdateOptions{})
 			if err != nil {
 				w.tb.Fatalf("update endpointslice: %v", err)
@@ -537,6 +550,9 @@ func (w *world) changeLatency(ctx context.Context, row *Row) {
 				}
 			}
 			took = append(took, time.Since(accepted))
+			// Each change is measured on its own, not queued behind the
+			// previous one in a peer's sync rate limit.
+			time.Sleep(changeGap)
 		}
 	}
 	slices.Sort(took)

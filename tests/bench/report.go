@@ -50,7 +50,10 @@ const method = `## Method
 
 One run, one machine: etcd and kube-apiserver run inside a private network
 namespace; N Services (ClusterIP, port 80) each get a hand-made EndpointSlice
-with the same 10 endpoints (name servers on the namespace's loopback). The
+with the same 10 endpoint addresses (name servers on the namespace's
+loopback); Service i targets port 20000 + i mod 100, so that Services do not
+all share one backend port (with one, kube-proxy's conntrack drops SYNs on
+reply-tuple clashes between Services, which real clusters rarely provoke). The
 peers are measured one after another against the same objects:
 
 - **direct**: clients connect to the backends' addresses (the floor);
@@ -65,7 +68,9 @@ connection writing to a sink. Cold start: from starting the peer to a sample
 of 22 Services (the first, the last and 20 random) answering; for socklb also
 the agent's own first sync (model + map writes), from its log. Change: an
 EndpointSlice update accepted by the API server → the first connection that
-shows it, alternating a random Service between a marker pod and its 10 pods.
+shows it, alternating a random Service between a marker pod and its 10 pods,
+changes 150 ms apart so each is measured alone (kube-proxy's own minimum
+sync interval, 1 s by default, still applies to it).
 BPF cost: run time per call of socklb's connect4 program, from the kernel's
 BPF statistics (BPF_ENABLE_STATS) during the short-connection run.
 Figures on a shared 2-core machine are noisy; compare peers within a run,
