@@ -51,13 +51,16 @@ func run() (err error) {
 	flag.BoolVar(&c.quick, "quick", false, "small sizes and short runs (under 3 minutes), for development")
 	flag.StringVar(&c.outDir, "out", "docs", "directory for BENCHMARKS.md and benchmarks.json")
 	flag.StringVar(&c.agentBin, "agent", "bin/socklb-agent", "socklb agent binary")
+	large := flag.Int("socklb-only", 0, "also measure direct and socklb at this many Services (e.g. 100000; loading them into the API server takes long)")
 	flag.Parse()
 	c.endpoints, c.parallel = 10, 2
 	if c.quick {
 		c.sizes, c.duration, c.bulkBytes, c.changes = []int{1, 1000}, time.Second, 64<<20, 10
 	} else {
 		c.sizes, c.duration, c.bulkBytes, c.changes = []int{1, 1000, 10000}, 5*time.Second, 512<<20, 100
-		c.socklbOnly = []int{100000}
+	}
+	if *large > 0 {
+		c.socklbOnly = []int{*large}
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

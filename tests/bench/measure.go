@@ -378,7 +378,9 @@ func (w *world) kubeProxy(ctx context.Context, row *Row, mode kubeproxy.Mode, ta
 			w.log.Error("stop kube-proxy", "error", err)
 		}
 	}()
-	w.waitServing(targets, 10*time.Minute)
+	// A peer that cannot program the Services within five minutes is
+	// reported as such rather than waited for.
+	w.waitServing(targets, 5*time.Minute)
 	row.ColdStartMs = ms(time.Since(start))
 	w.dataPath(row, targets, bulk)
 	w.changeLatency(ctx, row)
