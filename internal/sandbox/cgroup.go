@@ -294,6 +294,15 @@ func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 // procCgroup returns the cgroup2 directory of a process ("self" or a PID),
 // from the "0::/..." line of /proc/PID/cgroup.
+// startCgroup is the cgroup this process was in when it started, read at
+// package initialisation, before any test moves the process.
+var startCgroup, _ = procCgroup("self")
+
+// StartCgroup returns the cgroup this process started in ("" if it could
+// not be read). Processes that must not be born inside a client cgroup the
+// test has since entered (agents, kube-proxy) are started there.
+func StartCgroup() string { return startCgroup }
+
 func procCgroup(pid string) (string, error) {
 	data, err := os.ReadFile("/proc/" + pid + "/cgroup")
 	if err != nil {

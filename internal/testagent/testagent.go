@@ -75,7 +75,7 @@ func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	// Tests move themselves into client cgroups; the agent is no client,
 	// and must not keep such a cgroup busy when the test removes it.
-	home, err := os.Open(homeCgroup)
+	home, err := os.Open(sandbox.StartCgroup())
 	if err != nil {
 		t.Fatalf("open the test's own cgroup: %v", err)
 	}
@@ -102,25 +102,6 @@ func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 	})
 	return a
 }
-
-// homeCgroup is the cgroup the test binary started in, read before any
-// test moves it.
-var homeCgroup = func() string {
-	mount, err := sandbox.Cgroup2Mount()
-	if err != nil {
-		return ""
-	}
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return ""
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
-			return filepath.Join(mount, rest)
-		}
-	}
-	return ""
-}()
 
 // Done is closed when the agent process has exited.
 func (a *Agent) Done() <-chan struct{} { return a.done }

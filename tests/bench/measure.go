@@ -198,11 +198,10 @@ func (w *world) startBackends() {
 // EndpointSlice each (every pod as an endpoint) until there are n.
 func (w *world) ensureServices(ctx context.Context, n int) error {
 	if w.bulk == "" {
-		svc, sl, err := w.createService(ctx, "bulk", []string{"198.18.0.1"}, bulkPort)
+		svc, _, err := w.createService(ctx, "bulk", []string{"198.18.0.1"}, bulkPort)
 		if err != nil {
 			return err
 		}
-		_ = sl
 		w.bulk = netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80).String()
 	}
 	from := len(w.vips)

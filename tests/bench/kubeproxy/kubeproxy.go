@@ -298,7 +298,7 @@ func StartConfig(ctx context.Context, c *cluster.Cluster, cfg Config) (p *Proxy,
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// The process that started us may have moved into a benchmark
 	// client's cgroup since; kube-proxy is no client.
-	if home != "" {
+	if home := sandbox.StartCgroup(); home != "" {
 		if fd, err := unix.Open(home, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
 			defer unix.Close(fd)
 			cmd.SysProcAttr.UseCgroupFD = true
@@ -438,25 +438,6 @@ func tail(path string) string {
 	}
 	return string(data)
 }
-
-// home is the cgroup this process started in, read before anything moves
-// it (as internal/testagent does for the agent).
-var home = func() string {
-	mount, err := sandbox.Cgroup2Mount()
-	if err != nil {
-		return ""
-	}
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return ""
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
-			return filepath.Join(mount, rest)
-		}
-	}
-	return ""
-}()
 
 // stubScript is the `modprobe` kube-proxy finds first in its PATH: the
 // ipvs cleanup that every start runs would otherwise load ip_vs into the
