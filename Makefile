@@ -52,7 +52,7 @@ e2e: build e2e-bin ## end-to-end tests against a real API server in a private ne
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:[0-9]+:'
 
 bench: build e2e-bin ## socklb vs kube-proxy (iptables, nftables) vs direct; QUICK=1 for a short run (root)
-	$(GO) run ./tests/bench --agent $(BIN) $(if $(QUICK),--quick)
+	$(GO) run ./tests/bench --agent $(BIN) $(if $(QUICK),--quick) $(BENCHFLAGS)
 
 demo: build ## show ClusterIP balancing in a private netns and child cgroup, then clean up
 	$(GO) run ./tests/demo --agent $(BIN) --services examples/demo.yaml

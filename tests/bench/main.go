@@ -21,8 +21,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/socklb/socklb/tests/bench/kubeproxy"
 )
 
 // config is what the flags choose.
@@ -34,10 +39,16 @@ type config struct {
 	parallel   int   // client goroutines
 	duration   time.Duration
 	bulkBytes  int64
-	changes    int // endpoint changes measured per size and peer
+	changes    int    // endpoint changes measured per size and peer
+	command    string // how to rerun this, for the report
+	peers      []string
+	backend    kubeproxy.Backend // iptables flavour for kube-proxy-iptables
 	outDir     string
 	agentBin   string
 }
+
+// allPeers are the columns of a full run, in the order they are measured.
+var allPeers = []string{"direct", "socklb", "kube-proxy-iptables", "kube-proxy-nftables"}
 
 func main() {
 	if err := run(); err != nil {
@@ -52,6 +63,9 @@ func run() (err error) {
 	flag.StringVar(&c.outDir, "out", "docs", "directory for BENCHMARKS.md and benchmarks.json")
 	flag.StringVar(&c.agentBin, "agent", "bin/socklb-agent", "socklb agent binary")
 	large := flag.Int("socklb-only", 0, "also measure direct and socklb at this many Services (e.g. 100000; loading them into the API server takes long)")
+	sizes := flag.String("sizes", "", "comma-separated Service counts instead of the default ones (for development)")
+	peers := flag.String("peers", strings.Join(allPeers, ","), "comma-separated peers to measure (for development)")
+	backend := flag.String("iptables-backend", string(kubeproxy.BackendLegacy), "iptables flavour for kube-proxy in iptables mode: legacy or nft")
 	flag.Parse()
 	c.endpoints, c.parallel = 10, 2
 	if c.quick {
@@ -61,6 +75,40 @@ func run() (err error) {
 	}
 	if *large > 0 {
 		c.socklbOnly = []int{*large}
+	}
+	if *sizes != "" {
+		c.sizes = nil
+		for _, f := range strings.Split(*sizes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				return fmt.Errorf("--sizes: %q is not a positive number", f)
+			}
+			c.sizes = append(c.sizes, n)
+		}
+	}
+	for _, p := range strings.Split(*peers, ",") {
+		if p = strings.TrimSpace(p); !slices.Contains(allPeers, p) {
+			return fmt.Errorf("--peers: unknown peer %q (want some of %s)", p, strings.Join(allPeers, ", "))
+		}
+		c.peers = append(c.peers, p)
+	}
+	c.command = "make bench"
+	if c.quick {
+		c.command += " QUICK=1"
+	}
+	var extra []string
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name != "quick" && f.Name != "agent" && f.Name != "out" {
+			extra = append(extra, fmt.Sprintf("--%s=%s", f.Name, f.Value))
+		}
+	})
+	if len(extra) > 0 {
+		c.command += fmt.Sprintf(" BENCHFLAGS='%s'", strings.Join(extra, " "))
+	}
+	switch c.backend = kubeproxy.Backend(*backend); c.backend {
+	case kubeproxy.BackendLegacy, kubeproxy.BackendNFT:
+	default:
+		return fmt.Errorf("--iptables-backend: %q, want %q or %q", *backend, kubeproxy.BackendLegacy, kubeproxy.BackendNFT)
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

@@ -105,7 +105,7 @@ func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*R
 		Date:    time.Now().UTC().Format("2006-01-02"),
 		Machine: machine(),
 		Kernel:  kernel(),
-		Command: "make bench" + map[bool]string{true: " QUICK=1", false: ""}[c.quick],
+		Command: c.command,
 	}
 	w := &world{tb: tb, cfg: c, log: log}
 	log.Info("starting etcd and kube-apiserver in a private network namespace")
@@ -135,9 +135,9 @@ func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*R
 			return nil, err
 		}
 		log.Info("services loaded", "services", n, "took", time.Since(start).Round(time.Millisecond))
-		peers := []string{"direct", "socklb", "kube-proxy-iptables", "kube-proxy-nftables"}
+		peers := c.peers
 		if slices.Contains(c.socklbOnly, n) {
-			peers = peers[:2]
+			peers = slices.DeleteFunc(slices.Clone(peers), func(p string) bool { return strings.HasPrefix(p, "kube-proxy-") })
 		}
 		for _, p := range peers {
 			if ctx.Err() != nil {
@@ -368,7 +368,9 @@ func (w *world) socklb(ctx context.Context, row *Row, targets []string, bulk str
 
 func (w *world) kubeProxy(ctx context.Context, row *Row, mode kubeproxy.Mode, targets []string, bulk string) {
 	start := time.Now()
-	p, stop, err := kubeproxy.Start(ctx, w.c, mode, nodeName, w.tb.TempDir())
+	p, stop, err := kubeproxy.StartConfig(ctx, w.c, kubeproxy.Config{
+		Mode: mode, NodeName: nodeName, LogDir: w.tb.TempDir(), Backend: w.cfg.backend,
+	})
 	if err != nil {
 		w.tb.Fatalf("start kube-proxy %s: %v", mode, err)
 	}

@@ -60,7 +60,11 @@ peers are measured one after another against the same objects:
 - **socklb**: the agent (` + "`--source=kubernetes`" + `) attached to a child
   cgroup that the clients join;
 - **kube-proxy iptables / nftables**: the real kube-proxy v1.37.2 inside the
-  namespace; its rules live only there.
+  namespace; its rules live only there. In iptables mode its iptables commands
+  are iptables-legacy (x_tables), as with kube-proxy's own image on hosts
+  without nft rules (` + "`--iptables-backend=nft`" + ` picks Debian's
+  iptables-nft instead: in an earlier run it had not finished restoring the
+  320 010 NAT rules of 10 000 Services after 10 minutes).
 
 Short connections: connect, a small request, the response, close; 2 parallel
 clients, each picking a random Service for every connection. Bulk: one long
