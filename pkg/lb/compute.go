@@ -99,6 +99,9 @@ func ParseServiceSelector(s string) (labels.Selector, error) {
 // NodePort works even when no endpoint runs here, as it does under
 // kube-proxy; the connection behaves as if it had gone out to the load
 // balancer and come back in.
+//
+// Compute starts from nothing each time; a Computer returns the same
+// result but redoes only the Services whose objects changed.
 func Compute(in Input) (State, []Warning) {
 	var w warnings
 	byService := groupSlices(in.EndpointSlices)
@@ -918,20 +921,30 @@ func cmpBool(a, b bool) int {
 func uniqueFrontends(cands []Service, w *warnings) []Service {
 	slices.SortFunc(cands, compareService)
 	var out []Service
-	for _, c := range cands {
-		if n := len(out); n > 0 && out[n-1].Frontend.Compare(c.Frontend) == 0 {
-			kept := out[n-1]
-			switch {
-			case kept.Name == c.Name && kept.PortName == c.PortName:
-			case kept.Kind == KindClusterIP && c.Kind == KindClusterIP:
-				w.add(c.Name, "port %q: frontend %s is already used by %s port %q; ignored", c.PortName, c.Frontend, kept.Name, kept.PortName)
-			default:
-				w.add(c.Name, "port %q: %s frontend %s is already used by %s port %q (%s); ignored",
-					c.PortName, c.Kind, c.Frontend, kept.Name, kept.PortName, kept.Kind)
-			}
-			continue
+	for len(cands) > 0 {
+		n := 1
+		for n < len(cands) && cands[n].Frontend.Compare(cands[0].Frontend) == 0 {
+			n++
 		}
-		out = append(out, c)
+		out = append(out, cands[0])
+		reportDuplicates(cands[:n], w)
+		cands = cands[n:]
 	}
 	return out
+}
+
+// reportDuplicates warns about every Service of group but the first, which
+// keeps the frontend. group is the sorted candidates of one frontend.
+func reportDuplicates(group []Service, w *warnings) {
+	kept := group[0]
+	for _, c := range group[1:] {
+		switch {
+		case kept.Name == c.Name && kept.PortName == c.PortName:
+		case kept.Kind == KindClusterIP && c.Kind == KindClusterIP:
+			w.add(c.Name, "port %q: frontend %s is already used by %s port %q; ignored", c.PortName, c.Frontend, kept.Name, kept.PortName)
+		default:
+			w.add(c.Name, "port %q: %s frontend %s is already used by %s port %q (%s); ignored",
+				c.PortName, c.Kind, c.Frontend, kept.Name, kept.PortName, kept.Kind)
+		}
+	}
 }

@@ -3,8 +3,11 @@ package reconciler
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -321,4 +324,209 @@ func mustBackendsBefore(t *testing.T, st lb.State) map[maps.BackendID]maps.Backe
 		t.Fatal(err)
 	}
 	return bes
+}
+
+// dump is what the maps tell a reader, with ids resolved: per frontend its
+// name, flags, affinity and backends in slot order, and the set of
+// backends. Two maps with equal dumps serve every connect alike, whatever
+// ids they chose.
+func dump(t *testing.T, f *maps.Fake) string {
+	t.Helper()
+	if err := f.CheckConsistent(); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := f.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bes, err := f.Backends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, s := range svcs {
+		var got []string
+		for _, id := range s.Backends {
+			got = append(got, bes[id].String())
+		}
+		lines = append(lines, fmt.Sprintf("%s %s flags=%b affinity=%d %v", s.Frontend, s.Name, s.Flags, s.AffinityTimeout, got))
+	}
+	for _, b := range bes {
+		lines = append(lines, "backend "+b.String())
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// randomState changes a few frontends of prev, from small pools so that
+// backends are shared and frontends come and go. It also makes what the
+// model never makes: unsorted output, a frontend listed twice (once
+// IPv4-mapped), frontends the dataplane cannot program.
+func randomState(rng *rand.Rand, prev lb.State) lb.State {
+	vips := []string{"198.19.0.1", "198.19.0.2", "198.19.0.3", "fd00::10", "::ffff:198.19.0.1"}
+	bes4 := []string{"198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80", "198.18.0.4:8080"}
+	bes6 := []string{"[fd00::1]:80", "[fd00::2]:80"}
+	oneOf := func(s []string) string { return s[rng.IntN(len(s))] }
+	random := func() lb.Service {
+		vip := oneOf(vips)
+		pool := bes4
+		if netip.MustParseAddr(vip).Is6() && !netip.MustParseAddr(vip).Is4In6() {
+			pool = bes6
+		}
+		var backends []string
+		for _, b := range pool {
+			if rng.IntN(2) == 0 {
+				backends = append(backends, b)
+			}
+		}
+		if rng.IntN(20) == 0 {
+			backends = append(backends, oneOf(bes6)) // mixed family: skipped
+		}
+		s := svc(vip, uint16(80+rng.IntN(2)), []lb.Proto{lb.TCP, lb.UDP}[rng.IntN(2)], oneOf([]string{"a", "b", "c"}), backends...)
+		s.Kind = lb.FrontendKind(rng.IntN(4))
+		s.TrafficLocal = rng.IntN(4) == 0
+		s.AffinityTimeout = time.Duration(rng.IntN(2)) * time.Hour
+		return s
+	}
+	next := slices.Clone(prev.Services)
+	for range 1 + rng.IntN(3) {
+		switch i := rng.IntN(len(next) + 1); {
+		case i == len(next) || rng.IntN(3) == 0:
+			next = append(next, random())
+		case rng.IntN(2) == 0:
+			next = slices.Delete(next, i, i+1)
+		default:
+			next[i] = random()
+		}
+	}
+	if rng.IntN(4) != 0 {
+		// Usually what the model makes: sorted, one Service per frontend.
+		slices.SortStableFunc(next, func(a, b lb.Service) int { return a.Frontend.Compare(b.Frontend) })
+		next = slices.CompactFunc(next, func(a, b lb.Service) bool { return a.Frontend == b.Frontend })
+	}
+	return lb.State{Services: next}
+}
+
+// TestIncrementalAppliesMatchAFreshApply applies a long random sequence of
+// states to one reconciler, failing a random write now and then, and
+// checks after every sync that its maps serve what a fresh reconciler's
+// maps serve for the same state.
+func TestIncrementalAppliesMatchAFreshApply(t *testing.T) {
+	errInjected := errors.New("injected fault")
+	for seed := range uint64(10) {
+		rng := rand.New(rand.NewPCG(seed, 2))
+		f := maps.NewFake()
+		faulty := maps.NewFaulty(f, nil)
+		r := New(faulty, nil)
+		f.OnWrite(func() {
+			if err := f.CheckConsistent(); err != nil {
+				t.Fatalf("seed %d: a reader could fail: %v", seed, err)
+			}
+		})
+		var st lb.State
+		for step := range 200 {
+			st = randomState(rng, st)
+			if rng.IntN(5) == 0 {
+				n, calls := 1+rng.IntN(6), 0
+				faulty.SetFail(func(op maps.Op) error {
+					if calls++; calls == n {
+						return fmt.Errorf("%s: %w", op, errInjected)
+					}
+					return nil
+				})
+				if _, err := r.Apply(st); err != nil && !errors.Is(err, errInjected) {
+					t.Fatalf("seed %d step %d: %v", seed, step, err)
+				}
+				faulty.SetFail(nil)
+			}
+			stats, err := r.Apply(st)
+			if err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			fresh := maps.NewFake()
+			freshStats, err := New(fresh, nil).Apply(st)
+			if err != nil {
+				t.Fatalf("seed %d step %d: fresh: %v", seed, step, err)
+			}
+			if got, want := dump(t, f), dump(t, fresh); got != want {
+				t.Fatalf("seed %d step %d: incremental maps\n%s\nfresh maps\n%s", seed, step, got, want)
+			}
+			if stats.Services != freshStats.Services || stats.Backends != freshStats.Backends {
+				t.Fatalf("seed %d step %d: stats %+v, fresh %+v", seed, step, stats, freshStats)
+			}
+			again, err := r.Apply(st)
+			if err != nil || again.Published+again.Deleted+again.BackendsAdded+again.BackendsRemoved != 0 {
+				t.Fatalf("seed %d step %d: the same state again wrote %+v, %v", seed, step, again, err)
+			}
+		}
+	}
+}
+
+// TestSameServiceSeesEveryField changes each field of an lb.Service in
+// turn: sameService must notice every one, or a change of that field would
+// never reach the maps.
+func TestSameServiceSeesEveryField(t *testing.T) {
+	base := svc("198.19.0.1", 80, lb.TCP, "web", "198.18.0.1:80")
+	typ := reflect.TypeOf(base)
+	for i := range typ.NumField() {
+		changed := base
+		changed.Backends = slices.Clone(base.Backends)
+		v := reflect.ValueOf(&changed).Elem().Field(i)
+		switch f := v.Addr().Interface().(type) {
+		case *lb.Frontend:
+			f.Port++
+		case *lb.FrontendKind:
+			*f = lb.KindNodePort
+		case *types.NamespacedName:
+			f.Name += "x"
+		case *string:
+			*f += "x"
+		case *[]lb.Backend:
+			(*f)[0].Port++
+		case *bool:
+			*f = !*f
+		case *time.Duration:
+			*f++
+		default:
+			t.Fatalf("field %s of type %s: teach this test to change it", typ.Field(i).Name, v.Type())
+		}
+		if sameService(&base, &changed) {
+			t.Errorf("sameService misses a change of %s", typ.Field(i).Name)
+		}
+	}
+}
+
+// TestFrontendListedTwiceLastWins: the model never lists a frontend twice,
+// but a hand-made state may; the last listing is what a reader gets, as if
+// each had been written in turn.
+func TestFrontendListedTwiceLastWins(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, nil)
+	first := svc("198.19.0.1", 80, lb.TCP, "first", "198.18.0.1:80")
+	last := svc("198.19.0.1", 80, lb.TCP, "last", "198.18.0.2:80")
+	for range 2 { // the second time from the remembered state
+		if _, err := r.Apply(state(first, last)); err != nil {
+			t.Fatal(err)
+		}
+		assertResolves(t, f, state(last))
+	}
+	if _, err := r.Apply(state(last, first)); err != nil {
+		t.Fatal(err)
+	}
+	assertResolves(t, f, state(first))
+}
+
+// TestDeparturesOfALargeService checks the set-based path of departures.
+func TestDeparturesOfALargeService(t *testing.T) {
+	var before, after []maps.BackendID
+	for id := range maps.BackendID(100) {
+		before = append(before, id+1)
+		if id%10 != 0 {
+			after = append(after, id+1)
+		}
+	}
+	got := departures(7, before, after)
+	if len(got) != 10 || got[0] != (maps.Departure{RevNATID: 7, Backend: 1}) || got[9].Backend != 91 {
+		t.Errorf("departures = %v, want backends 1, 11, ..., 91", got)
+	}
 }

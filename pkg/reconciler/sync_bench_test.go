@@ -2,7 +2,9 @@ package reconciler
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -20,6 +22,11 @@ func benchInput(n int) lb.Input {
 	for i := range n {
 		svcName := fmt.Sprintf("svc-%06d", i)
 		ip := fmt.Sprintf("198.19.%d.%d", i/250, i%250+1)
+		if i >= 250*256 {
+			// Past 198.19.255.250 (100 000 services) continue in 198.20/16.
+			j := i - 250*256
+			ip = fmt.Sprintf("198.20.%d.%d", j/250, j%250+1)
+		}
 		in.Services = append(in.Services, &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: svcName},
 			Spec: corev1.ServiceSpec{ClusterIP: ip, ClusterIPs: []string{ip},
@@ -38,21 +45,44 @@ func benchInput(n int) lb.Input {
 	return in
 }
 
-// BenchmarkSyncOneChange is the agent's work for one endpoint change at
-// 10 000 Services: the model over everything, then the diff (one write).
+// BenchmarkSyncOneChange is the agent's work for one endpoint change: the
+// model, then the diff and its one write. As from an informer, the changed
+// slice arrives as a new object (a modified deep copy) in a new list; the
+// other objects are the same pointers as before. Besides the mean it
+// reports the 99th percentile of the syncs, which the goal is stated in.
 func BenchmarkSyncOneChange(b *testing.B) {
-	in := benchInput(10000)
-	r := New(maps.NewFake(), nil)
-	st, _ := lb.Compute(in)
-	if _, err := r.Apply(st); err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := range b.N {
-		in.EndpointSlices[0].Endpoints[0].Addresses[0] = fmt.Sprintf("198.18.1.%d", i%2)
-		st, _ := lb.Compute(in)
-		if _, err := r.Apply(st); err != nil {
-			b.Fatal(err)
-		}
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			in := benchInput(n)
+			r := New(maps.NewFake(), nil)
+			c := lb.NewComputer()
+			st, _ := c.Compute(in)
+			if _, err := r.Apply(st); err != nil {
+				b.Fatal(err)
+			}
+			took := make([]time.Duration, 0, b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				start := time.Now()
+				sl := in.EndpointSlices[0].DeepCopy()
+				sl.Endpoints[0].Addresses[0] = fmt.Sprintf("198.18.1.%d", i%2)
+				next := in
+				next.EndpointSlices = append([]*discoveryv1.EndpointSlice{sl}, in.EndpointSlices[1:]...)
+				in = next
+				st, _ := c.Compute(in)
+				stats, err := r.Apply(st)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if stats.Published != 1 {
+					b.Fatalf("sync %d published %d frontends, want 1", i, stats.Published)
+				}
+				took = append(took, time.Since(start))
+			}
+			// The goal is about the slow syncs, not the average one.
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)*99/100].Nanoseconds()), "p99-ns/op")
+		})
 	}
 }

@@ -19,7 +19,9 @@ import (
 // Source is where the desired objects come from: the file source or the
 // Kubernetes informers. It only records changes and calls Syncer.Trigger.
 type Source interface {
-	// Input returns the current objects; callers do not modify them.
+	// Input returns the current objects. Nobody modifies them, the
+	// source included: a changed object is a new one (as in an informer's
+	// cache), which is what lets lb.Computer redo only what changed.
 	Input() lb.Input
 	// HasSynced is true once the source holds a complete view.
 	HasSynced() bool
@@ -33,8 +35,9 @@ type SyncerOptions struct {
 	Burst       int
 	// RetryBase and RetryMax bound the backoff after a failed sync.
 	RetryBase, RetryMax time.Duration
-	// OnSync, if set, is called after every sync attempt.
-	OnSync func(Stats, error)
+	// OnSync, if set, is called after every sync attempt with the time it
+	// took (model and map writes).
+	OnSync func(took time.Duration, st Stats, err error)
 	// OnDeparted, if set, is called after a successful sync in which
 	// backends left frontends, e.g. to destroy their sockets.
 	OnDeparted func([]maps.Departure)
@@ -49,6 +52,7 @@ type SyncerOptions struct {
 // source has synced, at a bounded rate, retrying failures with backoff.
 type Syncer struct {
 	rec     *Reconciler
+	model   *lb.Computer
 	sources []Source
 	opts    SyncerOptions
 	log     *slog.Logger
@@ -81,6 +85,7 @@ func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.
 	}
 	return &Syncer{
 		rec:     rec,
+		model:   lb.NewComputer(),
 		sources: sources,
 		opts:    opts,
 		log:     log,
@@ -160,7 +165,7 @@ func (s *Syncer) syncOnce() error {
 		}
 	}
 	start := time.Now()
-	state, warnings := lb.Compute(in)
+	state, warnings := s.model.Compute(in)
 	if !slices.Equal(warnings, s.lastWarnings) {
 		for _, w := range warnings {
 			s.log.Warn("object not fully used", "object", w.Object, "reason", w.Reason)
@@ -169,9 +174,12 @@ func (s *Syncer) syncOnce() error {
 	}
 	st, err := s.rec.Apply(state)
 	if s.opts.OnSync != nil {
-		s.opts.OnSync(st, err)
+		s.opts.OnSync(time.Since(start), st, err)
 	}
 	if err != nil {
+		// The retry is a full resync: the reconciler rereads the maps,
+		// and the model forgets what it computed.
+		s.model.Reset()
 		return fmt.Errorf("apply: %w", err)
 	}
 	if len(st.Departed) > 0 && s.opts.OnDeparted != nil {

@@ -78,7 +78,7 @@ func TestSyncerWaitsForSourcesThenRetriesFailures(t *testing.T) {
 		MinInterval: time.Millisecond,
 		RetryBase:   time.Millisecond,
 		RetryMax:    10 * time.Millisecond,
-		OnSync: func(_ Stats, err error) {
+		OnSync: func(_ time.Duration, _ Stats, err error) {
 			attempts.Add(1)
 			if err != nil {
 				failures.Add(1)
@@ -125,7 +125,7 @@ func TestSyncerBurstOfTriggersSyncsPromptly(t *testing.T) {
 	var syncs atomic.Int32
 	s := NewSyncer(New(f, nil), []Source{src}, SyncerOptions{
 		MinInterval: 100 * time.Millisecond, Burst: 2,
-		OnSync: func(Stats, error) { syncs.Add(1) },
+		OnSync: func(time.Duration, Stats, error) { syncs.Add(1) },
 	}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
