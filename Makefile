@@ -5,8 +5,12 @@ CLANG ?= clang-19
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN := bin/socklb-agent
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
+IMAGE := bin/socklb-agent-image.tar
+# The image's creation time and file times: the last commit's, so the same
+# tree gives the same image digest.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: help generate verify-generated build test unit-test lint demo clean deps-clang e2e-bin e2e bench
+.PHONY: help generate verify-generated build image test unit-test lint demo clean deps-clang e2e-bin e2e bench
 
 help: ## this menu
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +37,10 @@ verify-generated: deps-clang ## fail when the committed BPF objects differ from 
 build: ## build bin/socklb-agent (static)
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/agent
 
+image: build ## write bin/socklb-agent-image.tar, the agent's container image (no Docker needed)
+	$(GO) run ./tools/mkimage --binary $(BIN) --out $(IMAGE) --version $(VERSION) \
+		--revision "$$(git rev-parse HEAD 2>/dev/null)" --created $(SOURCE_DATE_EPOCH)
+
 lint: ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -50,6 +58,16 @@ e2e-bin: ## build once (cached in ~/.cache/socklb-e2e) kube-apiserver, kube-cont
 e2e: build e2e-bin ## end-to-end tests against a real API server in a private netns (run as root)
 	set -o pipefail; $(GO) test -count=1 -p 1 -timeout 30m -v ./tests/e2e/... 2>&1 | \
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:[0-9]+:'
+
+.PHONY: deps-vm vm-test
+deps-vm: ## install qemu and busybox-static for vm-test if missing
+	@if ! command -v qemu-system-x86_64 >/dev/null || ! busybox --list >/dev/null 2>&1 || ldd "$$(command -v busybox)" >/dev/null 2>&1; then \
+		echo "installing qemu-system-x86 busybox-static"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 busybox-static >/dev/null; \
+	fi
+
+vm-test: deps-vm build ## privileged tests on Debian's 6.1 and 6.12 kernels under qemu and natively here (root; VMFLAGS for more)
+	$(GO) run ./tests/vm --agent $(BIN) $(VMFLAGS)
 
 bench: build e2e-bin ## socklb vs kube-proxy (iptables, nftables) vs direct; QUICK=1 for a short run (root)
 	$(GO) run ./tests/bench --agent $(BIN) $(if $(QUICK),--quick) $(BENCHFLAGS)

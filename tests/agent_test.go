@@ -78,7 +78,7 @@ func (e *agentEnv) agentCmd(args ...string) *exec.Cmd {
 
 func (e *agentEnv) startAgent(t *testing.T) *testagent.Agent {
 	t.Helper()
-	return testagent.Start(t, e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms", "--health-addr="), nil)
+	return testagent.Start(t, e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms", "--health-addr=", "--metrics-addr="), nil)
 }
 
 type inspectRow struct {

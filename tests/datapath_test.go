@@ -229,14 +229,19 @@ func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
 	d.apply(t, service(vip, 80, lb.TCP, sets[0]...))
 
 	type result struct {
-		start time.Time
-		name  string
-		err   error
+		start, end time.Time // the connect happened in between
+		name       string
+		err        error
 	}
 	var (
 		mu      sync.Mutex
 		results []result
 	)
+	connects := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(results)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for range 2 {
@@ -246,8 +251,9 @@ func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
 			for ctx.Err() == nil {
 				start := time.Now()
 				name, err := d.ask(network, target)
+				end := time.Now()
 				mu.Lock()
-				results = append(results, result{start, name, err})
+				results = append(results, result{start, end, name, err})
 				mu.Unlock()
 			}
 		}()
@@ -257,16 +263,23 @@ func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
 		done    time.Time
 		allowed map[string]bool
 	}
-	var updates []update
-	for round := range 30 {
-		set := sets[(round+1)%len(sets)]
-		time.Sleep(20 * time.Millisecond)
-		d.apply(t, service(vip, 80, lb.TCP, set...))
+	allowedNames := func(set []string) map[string]bool {
 		allowed := map[string]bool{}
 		for _, b := range set {
 			allowed[names[b]] = true
 		}
-		updates = append(updates, update{time.Now(), allowed})
+		return allowed
+	}
+	// The first "update" is the set applied before the load started.
+	updates := []update{{time.Time{}, allowedNames(sets[0])}}
+	// At least 30 swaps, more on a slow machine (the kernel matrix runs
+	// this under emulation) until enough connects ran, within 20 s.
+	deadline := time.Now().Add(20 * time.Second)
+	for round := 0; round < 30 || (connects() < 300 && time.Now().Before(deadline)); round++ {
+		set := sets[(round+1)%len(sets)]
+		time.Sleep(20 * time.Millisecond)
+		d.apply(t, service(vip, 80, lb.TCP, set...))
+		updates = append(updates, update{time.Now(), allowedNames(set)})
 	}
 	time.Sleep(20 * time.Millisecond)
 	cancel()
@@ -281,27 +294,33 @@ func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
 			}
 			continue
 		}
-		// The last update that returned before this connect started
-		// says which backends it may reach, and so does the next one,
-		// which may have been in flight.
-		var live, next *update
-		for i := range updates {
-			if updates[i].done.Before(r.start) {
-				live, next = &updates[i], nil
-				if i+1 < len(updates) {
-					next = &updates[i+1]
-				}
+		// The connect may reach the backends of every update that was
+		// live at some moment between its start and end. Update j is
+		// published after update j-1 returned and before it returns
+		// itself, and is live until update j+1 is published; so it
+		// cannot have been live if j-1 returned after the end or j+1
+		// before the start. (For a connect that takes no time these
+		// are the last update that returned before it and the next.)
+		reachable := false
+		for j := range updates {
+			if j > 0 && updates[j-1].done.After(r.end) {
+				break
 			}
+			if j+1 < len(updates) && updates[j+1].done.Before(r.start) {
+				continue
+			}
+			reachable = reachable || updates[j].allowed[r.name]
 		}
-		if live != nil && !live.allowed[r.name] && (next == nil || !next.allowed[r.name]) {
+		if !reachable {
 			stale++
 			if stale <= 5 {
-				t.Errorf("connect started %s after an update reached removed backend %s",
-					r.start.Sub(live.done), r.name)
+				t.Errorf("connect in [%s, %s] after the load began reached %s, which no update live then had",
+					r.start.Sub(results[0].start), r.end.Sub(results[0].start), r.name)
 			}
 		}
 	}
-	t.Logf("%d connects during 30 backend-set swaps: %d failed, %d reached a removed backend", len(results), failed, stale)
+	t.Logf("%d connects during %d backend-set swaps: %d failed, %d reached a removed backend",
+		len(results), len(updates)-1, failed, stale)
 	if len(results) < 300 {
 		t.Errorf("only %d connects ran; the load was too light to prove anything", len(results))
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socklb/socklb/internal/sandbox"
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 )
@@ -20,9 +21,7 @@ import (
 // TCP sockets too when asked for. Sockets to backends that stay live on.
 func TestPrivilegedRemovedBackendSocketsAreDestroyed(t *testing.T) {
 	d := newDatapath(t)
-	if !featureAvailable(d.dp, loader.FeatSockDestroy) {
-		t.Fatalf("%s is missing on this kernel; CI runs on >= 6.5", loader.FeatSockDestroy)
-	}
+	requireFeature(t, d.dp, loader.FeatSockDestroy)
 	d.pod(t, "pod-1", "198.18.0.1", 5353)
 	d.pod(t, "pod-2", "198.18.0.2", 5353)
 	both := []string{"198.18.0.1:5353", "198.18.0.2:5353"}
@@ -118,11 +117,16 @@ func exchange(c net.Conn, network string) (string, error) {
 	return strings.TrimSpace(string(buf[:n])), nil
 }
 
-func featureAvailable(dp *loader.Datapath, name string) bool {
+// requireFeature stops the test unless the kernel has the feature, as
+// the loader's probe found: a skip naming it in the kernel matrix's VMs,
+// a failure elsewhere (sandbox.RequireFeature).
+func requireFeature(t *testing.T, dp *loader.Datapath, name string) {
+	t.Helper()
 	for _, f := range dp.Features {
 		if f.Name == name {
-			return f.Available
+			sandbox.RequireFeature(t, f.Available, fmt.Sprintf("%s [>= %s]", f.Name, f.MinKernel), f.Detail)
+			return
 		}
 	}
-	panic(fmt.Sprintf("no feature %q", name))
+	t.Fatalf("the loader probes no feature %q", name)
 }

@@ -35,6 +35,7 @@ type Config struct {
 	// selects every Service.
 	ServiceSelector string
 	HealthAddr      string
+	MetricsAddr     string
 	DestroyTCP      bool
 	LogFormat       string
 	LogLevel        slog.Level
@@ -78,6 +79,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	f.String("node-name", "", "this node's name, for node-local traffic policies and zones (env NODE_NAME)")
 	f.String("service-selector", "", "only handle Services matching this label selector, e.g. 'env in (prod, qa), tier notin (frontend)'")
 	f.String("health-addr", "127.0.0.1:9811", "address of /healthz and /readyz; empty disables")
+	f.String("metrics-addr", "127.0.0.1:9810", "address of the Prometheus /metrics endpoint; empty disables")
 	f.Bool("destroy-tcp", false, "also destroy TCP sockets connected to a backend that left its service (UDP ones always are)")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
@@ -124,6 +126,7 @@ func loadConfig(v *viper.Viper) (Config, error) {
 		Kubeconfig:      v.GetString("kubeconfig"),
 		NodeName:        v.GetString("node-name"),
 		HealthAddr:      v.GetString("health-addr"),
+		MetricsAddr:     v.GetString("metrics-addr"),
 		ServiceSelector: v.GetString("service-selector"),
 		LogFormat:       v.GetString("log-format"),
 		MinSync:         v.GetDuration("min-sync-interval"),
@@ -177,7 +180,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the agent's version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "socklb-agent %s (map layout v1)\n", version)
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "socklb-agent %s (map layout v2)\n", version)
 			return err
 		},
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -64,6 +65,10 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
+	// A missing capability is named here, not met as a bare EPERM later.
+	if err := loader.CheckCapabilities(loader.Options{Logger: log}); err != nil {
+		return err
+	}
 	if c.CgroupPath == "" {
 		root, err := loader.Cgroup2Mount()
 		if err != nil {
@@ -84,15 +89,46 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 		}
 	}
 
-	dp, err := loader.Load(loader.Options{BPFFSPath: c.BPFFSPath, CgroupPath: c.CgroupPath, Logger: log})
+	dp, err := loader.Prepare(loader.Options{BPFFSPath: c.BPFFSPath, CgroupPath: c.CgroupPath, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	if dp.MapsInUse() {
+		// A restart with the same map layout: the new programs read what
+		// the old ones did, and the reconciler restores its state from it.
+		if err := dp.Attach(); err != nil {
+			return err
+		}
+	} else {
+		// The maps are new (first start, or an upgrade to a new layout):
+		// a program switched to them now would find no service. The
+		// programs attached before keep serving from their own maps until
+		// the first sync has filled these.
+		log.Info("the maps are new: the programs attach after the first sync")
+	}
 
 	addrs, err := nodeaddr.New(nodeaddr.Options{Logger: log.With("source", "netlink"), OnChange: trigger})
 	if err != nil {
 		return err
+	}
+	reg, syncMetrics := newRegistry(dp, log)
+	// New maps go live right after the first sync has filled them, before
+	// the syncer logs it or /readyz says so. A failure ends the agent
+	// (through attachFailed): the programs attached before keep serving.
+	attachFailed := make(chan error, 1)
+	attachAfterSync := func() {
+		if dp.Attached() {
+			return
+		}
+		if err := dp.Attach(); err != nil {
+			select {
+			case attachFailed <- fmt.Errorf("attach after the first sync: %w", err):
+			default:
+			}
+			return
+		}
+		log.Info("programs attached after the first sync filled the maps")
 	}
 	syncer = reconciler.NewSyncer(reconciler.New(maps.New(&dp.Maps), log),
 		[]reconciler.Source{src, nodeAddrSource{addrs}},
@@ -102,6 +138,12 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 			Node:            lb.NodeInfo{Name: c.NodeName},
 			ServiceSelector: selector,
 			OnDeparted:      destroyDeparted(dp, c, log),
+			OnSync: func(took time.Duration, st reconciler.Stats, err error) {
+				syncMetrics.Observe(took, st.Services, st.Backends, err)
+				if err == nil {
+					attachAfterSync()
+				}
+			},
 		}, log)
 
 	log.Info("socklb agent started", "version", version, "bpffs", c.BPFFSPath, "cgroup", c.CgroupPath,
@@ -110,8 +152,20 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	g.Go(func() error { return runSource(ctx) })
 	g.Go(func() error { return addrs.Run(ctx) })
 	g.Go(func() error { return syncer.Run(ctx) })
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-attachFailed:
+			return err
+		}
+	})
 	if c.HealthAddr != "" {
-		g.Go(func() error { return serveHealth(ctx, c.HealthAddr, syncer.HasSynced, log) })
+		ready := func() bool { return syncer.HasSynced() && dp.Attached() }
+		g.Go(func() error { return serveHTTP(ctx, "health", c.HealthAddr, healthHandler(ready), log) })
+	}
+	if c.MetricsAddr != "" {
+		g.Go(func() error { return serveHTTP(ctx, "metrics", c.MetricsAddr, metricsHandler(reg, log), log) })
 	}
 	err = g.Wait()
 	log.Info("socklb agent stopped; the datapath stays attached until `socklb-agent cleanup`")

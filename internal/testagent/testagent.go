@@ -23,10 +23,24 @@ import (
 	"github.com/socklb/socklb/internal/sandbox"
 )
 
+// AgentBinEnv names a prebuilt agent binary for Main to use instead of
+// building one: the kernel matrix (tests/vm) runs the test binaries in a
+// VM that has no Go toolchain.
+const AgentBinEnv = "SOCKLB_AGENT_BIN"
+
 // Main is a TestMain for packages that run the agent: it builds the
 // agent of the module at moduleRoot into a temporary directory, sets *bin
-// to its path, runs the tests and removes the directory.
+// to its path, runs the tests and removes the directory. With
+// $SOCKLB_AGENT_BIN set it uses that binary and builds nothing.
 func Main(m *testing.M, moduleRoot string, bin *string) {
+	if prebuilt := os.Getenv(AgentBinEnv); prebuilt != "" {
+		if _, err := os.Stat(prebuilt); err != nil {
+			fmt.Fprintf(os.Stderr, "$%s: %v\n", AgentBinEnv, err)
+			os.Exit(1)
+		}
+		*bin = prebuilt
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "socklb-agent-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

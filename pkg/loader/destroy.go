@@ -70,6 +70,11 @@ func (d *Datapath) DestroySockets(gone []maps.Departure, opts DestroyOptions) (i
 	paths := opts.NetnsPaths
 	if paths == nil {
 		paths = allNetns()
+		if !haveCapability(unix.CAP_SYS_ADMIN) {
+			// Entering another namespace needs CAP_SYS_ADMIN; our own
+			// (listed first) needs no setns.
+			paths = paths[:1]
+		}
 	}
 	var (
 		total int
@@ -126,6 +131,9 @@ func runIn(path string, iters []iterator) (int, error) {
 		return 0, fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer target.Close()
+	if sameNetns(target) {
+		return readIters(path, iters)
+	}
 	type result struct {
 		n   int
 		err error
@@ -142,17 +150,14 @@ func runIn(path string, iters []iterator) (int, error) {
 		defer orig.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
+			if errors.Is(err, unix.EPERM) {
+				err = fmt.Errorf("%w (needs CAP_SYS_ADMIN)", err)
+			}
 			done <- result{0, fmt.Errorf("enter netns %s: %w", path, err)}
 			return
 		}
 		var r result
-		for _, it := range iters {
-			n, err := readIter(it)
-			r.n += n
-			if err != nil {
-				r.err = errors.Join(r.err, fmt.Errorf("%s in %s: %w", it.name, path, err))
-			}
-		}
+		r.n, r.err = readIters(path, iters)
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
 			runtime.UnlockOSThread()
 		} // else: the goroutine ends locked and Go retires the thread
@@ -160,6 +165,32 @@ func runIn(path string, iters []iterator) (int, error) {
 	}()
 	r := <-done
 	return r.n, r.err
+}
+
+// readIters reads every iterator in the calling thread's namespace, path.
+func readIters(path string, iters []iterator) (int, error) {
+	var (
+		total int
+		errs  []error
+	)
+	for _, it := range iters {
+		n, err := readIter(it)
+		total += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s in %s: %w", it.name, path, err))
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// sameNetns reports whether the namespace f refers to is the process's
+// own, which needs no setns (and so no CAP_SYS_ADMIN) to be read from.
+func sameNetns(f *os.File) bool {
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat("/proc/self/ns/net", &b) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }
 
 func readIter(it iterator) (int, error) {

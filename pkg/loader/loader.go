@@ -2,7 +2,10 @@
 // there: it pins the maps and the cgroup links under one bpffs directory,
 // and on the next start reuses those pins, replacing the programs in place
 // through the pinned links, so traffic never stops while the agent restarts
-// or upgrades. Only Cleanup detaches and unpins.
+// or upgrades. Loading (Prepare) and switching the hooks (Attach) are two
+// steps: maps that no attached program reads yet (a first start, a new map
+// layout) are filled in between, while the programs attached before keep
+// serving from their own maps. Only Cleanup detaches and unpins.
 package loader
 
 import (
@@ -15,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -55,15 +59,34 @@ type Options struct {
 	Logger      *slog.Logger
 }
 
-// Datapath holds the loaded maps and attached links of a running agent.
-// Closing it releases this process's handles; the pins keep everything in
-// the kernel.
+// Datapath holds the loaded maps and programs of a running agent and, once
+// attached, its links. Closing it releases this process's handles; the
+// pins keep everything in the kernel.
 type Datapath struct {
 	Maps socklb.BpfMaps
 	// Features is what the kernel was found to support.
 	Features []Feature
 	links    []link.Link
 	iters    []iterator
+
+	// What Prepare leaves for Attach.
+	dir, cgroupPath string
+	log             *slog.Logger
+	spec            *ebpf.CollectionSpec
+	pending         []pendingProgram
+	staleLinks      []string
+	inUse           bool
+	attached        atomic.Bool
+}
+
+// pendingProgram is a cgroup program loaded but not attached yet.
+type pendingProgram struct {
+	name, section string
+	attachType    ebpf.AttachType
+	prog          *ebpf.Program
+	// pinned is the link an earlier agent pinned for this program; Attach
+	// replaces its program. Nil when there is none.
+	pinned link.Link
 }
 
 // Close releases the handles without detaching anything.
@@ -75,18 +98,53 @@ func (d *Datapath) Close() error {
 	for _, it := range d.iters {
 		errs = append(errs, it.link.Close())
 	}
+	for _, p := range d.pending {
+		errs = append(errs, p.prog.Close())
+		if p.pinned != nil {
+			errs = append(errs, p.pinned.Close())
+		}
+	}
+	d.pending = nil
 	return errors.Join(errs...)
 }
 
-// Load loads the programs, pins (or reuses) the maps and attaches every
-// program to the cgroup, replacing the program of an existing pinned link
-// in one step so that the hook is never empty.
-func Load(opts Options) (_ *Datapath, err error) {
+// MapsInUse reports whether the programs attached before Prepare already
+// read these very maps: every map was reused from its pin, no map of
+// another layout is pinned beside them (Attach removes those only once
+// every hook has switched) and a link is pinned. Then Attach swaps
+// programs over the same data and can run at once. Otherwise the maps are
+// new to the datapath (first start, new map layout, or an agent that
+// stopped before its first Attach), and the caller should fill them before
+// Attach: connects in between would find no service.
+func (d *Datapath) MapsInUse() bool { return d.inUse }
+
+// Attached reports whether Attach has completed.
+func (d *Datapath) Attached() bool { return d.attached.Load() }
+
+// Load is Prepare followed by Attach: the programs run against the maps at
+// once, filled or not. The agent calls Prepare and Attach itself, so that
+// it can fill new maps in between.
+func Load(opts Options) (*Datapath, error) {
+	dp, err := Prepare(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := dp.Attach(); err != nil {
+		return nil, errors.Join(err, dp.Close())
+	}
+	return dp, nil
+}
+
+// Prepare loads the programs and pins (or reuses) the maps, and checks
+// that the links an earlier agent pinned belong to the cgroup; of the
+// programs it attaches only the socket iterators, which no traffic runs
+// through. Whatever programs the cgroup runs keep running until Attach.
+func Prepare(opts Options) (_ *Datapath, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := prepareDir(opts.BPFFSPath); err != nil {
+	if err := prepareDir(opts.BPFFSPath, log); err != nil {
 		return nil, err
 	}
 	cgroupID, err := cgroupID(opts.CgroupPath)
@@ -122,6 +180,10 @@ func Load(opts Options) (_ *Datapath, err error) {
 		return nil, fmt.Errorf("%w: this kernel cannot run %v (see the features logged above)", ErrKernelTooOld, missing)
 	}
 	reused := pinnedNames(opts.BPFFSPath, spec)
+	linkPins, staleMaps, err := otherPins(opts.BPFFSPath, spec)
+	if err != nil {
+		return nil, err
+	}
 
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: opts.BPFFSPath},
@@ -132,9 +194,9 @@ func Load(opts Options) (_ *Datapath, err error) {
 		}
 		return nil, fmt.Errorf("load bpf objects: %+v", err)
 	}
-	// The programs are only needed until the links hold them.
+	// What is not detached from the collection below is not needed.
 	defer coll.Close()
-	dp := &Datapath{Features: feats}
+	dp := &Datapath{Features: feats, dir: opts.BPFFSPath, cgroupPath: opts.CgroupPath, log: log, spec: spec}
 	if err := coll.Assign(&dp.Maps); err != nil {
 		return nil, fmt.Errorf("assign maps: %w", err)
 	}
@@ -143,8 +205,10 @@ func Load(opts Options) (_ *Datapath, err error) {
 			err = errors.Join(err, dp.Close())
 		}
 	}()
-	log.Info("maps ready", "bpffs", opts.BPFFSPath, "reused", reused)
+	dp.inUse = len(reused) == len(pinnedMapNames(spec)) && len(staleMaps) == 0 && len(linkPins) > 0
+	log.Info("maps ready", "bpffs", opts.BPFFSPath, "reused", reused, "in_use", dp.inUse)
 
+	ours := map[string]bool{}
 	names := slices.Sorted(maps.Keys(coll.Programs))
 	for _, name := range names {
 		ps := spec.Programs[name]
@@ -158,49 +222,99 @@ func Load(opts Options) (_ *Datapath, err error) {
 			dp.iters = append(dp.iters, iterator{name: name, section: ps.SectionName, link: it})
 			continue
 		}
-		l, replaced, err := attach(opts.BPFFSPath, opts.CgroupPath, cgroupID, name, ps.AttachType, coll.Programs[name])
+		ours[linkPrefix+name] = true
+		pinned, err := openPinnedLink(opts.BPFFSPath, opts.CgroupPath, cgroupID, name)
 		if err != nil {
 			return nil, err
 		}
-		dp.links = append(dp.links, l)
-		log.Info("program attached", "program", name, "hook", ps.SectionName,
-			"cgroup", opts.CgroupPath, "replaced_in_place", replaced)
+		dp.pending = append(dp.pending, pendingProgram{name: name, section: ps.SectionName,
+			attachType: ps.AttachType, prog: coll.DetachProgram(name), pinned: pinned})
 	}
-	// Only now that every hook runs the new programs are maps of older
-	// layouts unused; their pins go, so nothing keeps them alive.
-	if err := removeStalePins(opts.BPFFSPath, spec, log); err != nil {
-		return nil, err
+	for _, pin := range linkPins {
+		if !ours[filepath.Base(pin)] {
+			dp.staleLinks = append(dp.staleLinks, pin)
+		}
 	}
 	return dp, nil
 }
 
-// attach reuses the pinned link of name if there is one, swapping its
-// program atomically, or creates and pins a new link.
-func attach(dir, cgroupPath string, cgroupID uint64, name string, at ebpf.AttachType, prog *ebpf.Program) (link.Link, bool, error) {
+// Attach makes the cgroup run the prepared programs: the program of a
+// pinned link is replaced in one step, so that the hook is never empty,
+// and a hook without one gets a new pinned link. Then the links and maps
+// of older versions, which no hook uses any more, are detached and
+// unpinned. After a failure Attach may be called again; after success it
+// does nothing.
+func (d *Datapath) Attach() error {
+	if d.attached.Load() {
+		return nil
+	}
+	for len(d.pending) > 0 {
+		p := d.pending[0]
+		l, replaced, err := attach(d.dir, d.cgroupPath, p)
+		if err != nil {
+			return err
+		}
+		d.pending = d.pending[1:]
+		d.links = append(d.links, l)
+		// The link holds the program now.
+		p.prog.Close()
+		d.log.Info("program attached", "program", p.name, "hook", p.section,
+			"cgroup", d.cgroupPath, "replaced_in_place", replaced)
+	}
+	for len(d.staleLinks) > 0 {
+		// A hook this version has no program for: the older program
+		// would go on reading maps that are about to be unpinned.
+		if err := detachPinned(d.staleLinks[0]); err != nil {
+			return err
+		}
+		d.log.Info("detached a link of an older version", "link", d.staleLinks[0])
+		d.staleLinks = d.staleLinks[1:]
+	}
+	// Only now that every hook runs the new programs are maps of older
+	// layouts unused; their pins go, so nothing keeps them alive.
+	if err := removeStalePins(d.dir, d.spec, d.log); err != nil {
+		return err
+	}
+	d.attached.Store(true)
+	return nil
+}
+
+// openPinnedLink opens the link an earlier agent pinned for program name,
+// nil if there is none, and checks that it is attached to the cgroup.
+func openPinnedLink(dir, cgroupPath string, cgroupID uint64, name string) (link.Link, error) {
 	pin := filepath.Join(dir, linkPrefix+name)
 	l, err := link.LoadPinnedLink(pin, nil)
-	switch {
-	case err == nil:
-		info, err := l.Info()
-		if err != nil {
-			l.Close()
-			return nil, false, fmt.Errorf("read pinned link %s: %w", pin, err)
-		}
-		if cg := info.Cgroup(); cg == nil || cg.CgroupId != cgroupID {
-			l.Close()
-			return nil, false, fmt.Errorf("%s: %w (want %s)", pin, ErrCgroupMismatch, cgroupPath)
-		}
-		if err := l.Update(prog); err != nil {
-			l.Close()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	info, err := l.Info()
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("read pinned link %s: %w", pin, err)
+	}
+	if cg := info.Cgroup(); cg == nil || cg.CgroupId != cgroupID {
+		l.Close()
+		return nil, fmt.Errorf("%s: %w (want %s)", pin, ErrCgroupMismatch, cgroupPath)
+	}
+	return l, nil
+}
+
+// attach swaps the program of p's pinned link atomically, or creates and
+// pins a new link.
+func attach(dir, cgroupPath string, p pendingProgram) (link.Link, bool, error) {
+	pin := filepath.Join(dir, linkPrefix+p.name)
+	if p.pinned != nil {
+		if err := p.pinned.Update(p.prog); err != nil {
 			return nil, false, fmt.Errorf("replace program of %s: %w", pin, err)
 		}
-		return l, true, nil
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, false, fmt.Errorf("open pinned link %s: %w", pin, err)
+		return p.pinned, true, nil
 	}
-	l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: at, Program: prog})
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: p.attachType, Program: p.prog})
 	if err != nil {
-		return nil, false, fmt.Errorf("attach %s to %s: %w", name, cgroupPath, err)
+		return nil, false, fmt.Errorf("attach %s to %s: %w", p.name, cgroupPath, err)
 	}
 	if err := l.Pin(pin); err != nil {
 		// Without the pin the link would die with this process.
@@ -321,16 +435,24 @@ func detachPinned(pin string) error {
 }
 
 // prepareDir makes sure dir exists on bpffs with mode 0700, so pins are
-// not reachable by other users.
-func prepareDir(dir string) error {
+// not reachable by other users; a looser existing one is tightened, and
+// logged, since someone else made or changed it.
+func prepareDir(dir string, log *slog.Logger) error {
 	if dir == "" {
 		return errors.New("empty bpffs path")
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("restrict pin directory: %w", err)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("pin directory: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("restrict pin directory: %w", err)
+		}
+		log.Warn("pin directory was open to others; restricted it to mode 0700", "bpffs", dir, "old_mode", fmt.Sprintf("%#o", perm))
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -340,6 +462,35 @@ func prepareDir(dir string) error {
 		return fmt.Errorf("%s: %w (mount one with `mount -t bpf bpf /sys/fs/bpf`)", dir, ErrNotBPFFS)
 	}
 	return nil
+}
+
+// otherPins lists what is pinned under dir besides this version's maps:
+// the links of every version, and the maps of other layouts.
+func otherPins(dir string, spec *ebpf.CollectionSpec) (links, staleMaps []string, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read pin directory: %w", err)
+	}
+	for _, e := range entries {
+		switch name := e.Name(); {
+		case strings.HasPrefix(name, linkPrefix):
+			links = append(links, filepath.Join(dir, name))
+		case strings.HasPrefix(name, "socklb_") && spec.Maps[name] == nil:
+			staleMaps = append(staleMaps, name)
+		}
+	}
+	return links, staleMaps, nil
+}
+
+// pinnedMapNames are the maps of spec that live in the pin directory.
+func pinnedMapNames(spec *ebpf.CollectionSpec) []string {
+	var names []string
+	for name, ms := range spec.Maps {
+		if ms.Pinning == ebpf.PinByName {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 func pinnedNames(dir string, spec *ebpf.CollectionSpec) []string {
@@ -398,6 +549,9 @@ func EnsureBPFFS(mountpoint string) (mounted bool, err error) {
 		return false, nil
 	}
 	if err := unix.Mount("bpf", mountpoint, "bpf", 0, "mode=0700"); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return false, fmt.Errorf("mount bpffs at %s: %w CAP_SYS_ADMIN (or mount bpffs there on the host): %w", mountpoint, ErrMissingCapability, err)
+		}
 		return false, fmt.Errorf("mount bpffs at %s: %w", mountpoint, err)
 	}
 	return true, nil

@@ -98,6 +98,27 @@ func (c percpuCounters) read(id uint32) (Counters, bool, error) {
 	return sum, true, nil
 }
 
+func (c percpuCounters) all() (map[uint32]Counters, error) {
+	out := make(map[uint32]Counters)
+	var (
+		id     uint32
+		perCPU []socklb.BpfSvcCounters
+	)
+	it := c.m.Iterate()
+	for it.Next(&id, &perCPU) {
+		var sum Counters
+		for _, v := range perCPU {
+			sum.Connects += v.Connects
+			sum.Refused += v.Refused
+		}
+		out[id] = sum
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", c.m, err)
+	}
+	return out, nil
+}
+
 func (c percpuCounters) remove(id uint32) error {
 	err := c.m.Delete(&id)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -105,3 +126,7 @@ func (c percpuCounters) remove(id uint32) error {
 	}
 	return err
 }
+
+// NewStats returns Stats over the kernel's maps; like New, it does not
+// take ownership of m.
+func NewStats(m *socklb.BpfMaps) Stats { return New(m).(*store) }

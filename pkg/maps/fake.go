@@ -201,6 +201,12 @@ func (c memCounters) read(id uint32) (Counters, bool, error) {
 	return v, ok, nil
 }
 
+func (c memCounters) all() (map[uint32]Counters, error) {
+	c.f.mu.Lock()
+	defer c.f.mu.Unlock()
+	return maps.Clone(c.f.cnt), nil
+}
+
 func (c memCounters) remove(id uint32) error {
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()

@@ -25,6 +25,8 @@ type counterTable interface {
 	create(id uint32) error
 	read(id uint32) (Counters, bool, error)
 	remove(id uint32) error
+	// all returns every entry, summed over CPUs.
+	all() (map[uint32]Counters, error)
 }
 
 type store struct {
@@ -35,7 +37,10 @@ type store struct {
 	cnt   counterTable
 }
 
-var _ Maps = (*store)(nil)
+var (
+	_ Maps  = (*store)(nil)
+	_ Stats = (*store)(nil)
+)
 
 func frontendKey(fe Frontend, slot uint16) (socklb.BpfSvcKey, error) {
 	if fe.Proto != ProtoTCP && fe.Proto != ProtoUDP {

@@ -12,9 +12,14 @@
 // deleted again with GracePeriodSeconds 0.
 //
 // The API server authorizes with RBAC: AdminToken is in system:masters,
-// PlainToken starts with no permissions. ClusterIPs come from ServiceCIDR
-// (and ServiceCIDRv6 for dual-stack Services); default/kubernetes has
-// ClusterIP KubernetesServiceIP and no endpoints (no endpoint reconciler).
+// PlainToken starts with no permissions. [Cluster.ApplyManifest] creates a
+// manifest's ServiceAccounts and roles (deploy/rbac.yaml) and
+// [Cluster.ServiceAccountToken] gets a ServiceAccount a token through the
+// TokenRequest API, as a kubelet does for a pod.
+//
+// ClusterIPs come from ServiceCIDR (and ServiceCIDRv6 for dual-stack
+// Services); default/kubernetes has ClusterIP KubernetesServiceIP and no
+// endpoints (no endpoint reconciler).
 //
 // [StartWith] takes [Options]: other service ranges (e.g. room for 100 000
 // ClusterIPs), no controller manager (a benchmark that writes its own

@@ -40,6 +40,9 @@ const (
 // node is an agent with its own child cgroup and bpffs.
 type env struct {
 	c *cluster.Cluster
+	// agentKubeconfig is the agents' kubeconfig: a token of deploy/'s
+	// ServiceAccount (useAgentServiceAccount), never the admin's.
+	agentKubeconfig, agentToken string
 }
 
 type node struct {
@@ -54,6 +57,7 @@ func newEnv(t *testing.T) *env {
 	sandbox.RequirePrivileges(t)
 	e := &env{c: cluster.Start(t)}
 	e.c.CreateNamespace(t, testNS)
+	e.useAgentServiceAccount(t)
 	return e
 }
 
@@ -80,8 +84,8 @@ func (n *node) cmd(args ...string) *exec.Cmd {
 // cluster's namespace, and waits for its first sync.
 func (e *env) startAgent(t *testing.T, n *node, extra ...string) *testagent.Agent {
 	t.Helper()
-	args := append([]string{"run", "--source=kubernetes", "--kubeconfig=" + e.c.Kubeconfig,
-		"--node-name=" + n.name, "--min-sync-interval=10ms", "--health-addr=127.0.0.1:0"}, extra...)
+	args := append([]string{"run", "--source=kubernetes", "--kubeconfig=" + e.agentKubeconfig,
+		"--node-name=" + n.name, "--min-sync-interval=10ms", "--health-addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0"}, extra...)
 	n.agent = testagent.Start(t, n.cmd(args...), e.c.NS)
 	n.agent.WaitLog(t, "maps synced", waitLong)
 	return n.agent

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/socklb/socklb/pkg/loader"
+	"github.com/socklb/socklb/pkg/maps"
+	"github.com/socklb/socklb/pkg/metrics"
+)
+
+// healthHandler answers /healthz (the process runs) and /readyz (the maps
+// hold a full sync of every source and the programs read them). The
+// DaemonSet's probes use them. /healthz does not wait for the programs:
+// new maps get them only after the first sync, and while the source is
+// unreachable a restart would not hasten that (the programs attached
+// before keep serving meanwhile).
+func healthHandler(ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready: first sync not done", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// newRegistry holds every metric the agent exports: the Go runtime's, the
+// process's, the syncs', and the datapath's, read from dp's maps at scrape
+// time.
+func newRegistry(dp *loader.Datapath, log *slog.Logger) (*prometheus.Registry, *metrics.Sync) {
+	reg := prometheus.NewRegistry()
+	syncMetrics := metrics.NewSync(reg)
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.NewDatapath(maps.NewStats(&dp.Maps), func() ([]maps.Usage, error) { return maps.MapUsage(&dp.Maps) },
+			loader.ProbeFeatures(), log),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "socklb_build_info", Help: "Always 1; the agent's version is a label.",
+			ConstLabels: prometheus.Labels{"version": version},
+		}, func() float64 { return 1 }),
+	)
+	return reg, syncMetrics
+}
+
+// metricsHandler serves reg on /metrics.
+func metricsHandler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+		// Two scrapes at once would walk the maps twice for nothing.
+		MaxRequestsInFlight: 1,
+	}))
+	return mux
+}
+
+// serveHTTP serves h on addr until ctx is done; what names the endpoint
+// in logs and errors.
+func serveHTTP(ctx context.Context, what, addr string, h http.Handler, log *slog.Logger) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s endpoint: %w", what, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Info(what+" endpoint listening", "addr", l.Addr().String())
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s endpoint: %w", what, err)
+	}
+	return nil
+}

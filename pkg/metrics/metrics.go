@@ -1,0 +1,176 @@
+// Package metrics owns the agent's Prometheus metrics: what the syncer
+// reports after every sync, and a collector that reads the BPF maps (per-CPU
+// connect counters, map fill) when Prometheus scrapes, so that the numbers
+// are the kernel's at that moment and cost nothing between scrapes.
+package metrics
+
+import (
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/socklb/socklb/pkg/loader"
+	"github.com/socklb/socklb/pkg/maps"
+)
+
+const namespace = "socklb"
+
+// Sync records the outcome of map syncs.
+type Sync struct {
+	duration  prometheus.Histogram
+	errors    prometheus.Counter
+	frontends prometheus.Gauge
+	backends  prometheus.Gauge
+	lastOK    prometheus.Gauge
+}
+
+// NewSync registers the sync metrics with reg.
+func NewSync(reg prometheus.Registerer) *Sync {
+	s := &Sync{
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "sync_duration_seconds",
+			Help: "Time of one map sync: the model computed from the sources and the diff written to the BPF maps.",
+			// From a no-op sync (tens of µs) to a cold start of 100 000
+			// Services (seconds).
+			Buckets: prometheus.ExponentialBuckets(50e-6, 4, 10),
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sync_errors_total",
+			Help: "Map syncs that failed; the next one is a full resync.",
+		}),
+		frontends: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "frontends_programmed",
+			Help: "Frontends (service address, port and protocol) in the BPF maps after the last successful sync.",
+		}),
+		backends: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "backends_programmed",
+			Help: "Distinct backends in the BPF maps after the last successful sync.",
+		}),
+		lastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "last_successful_sync_timestamp_seconds",
+			Help: "Unix time of the last successful map sync.",
+		}),
+	}
+	reg.MustRegister(s.duration, s.errors, s.frontends, s.backends, s.lastOK)
+	return s
+}
+
+// Observe records one sync that took took; frontends and backends are
+// what the maps hold after it, and are only recorded when err is nil.
+func (s *Sync) Observe(took time.Duration, frontends, backends int, err error) {
+	s.duration.Observe(took.Seconds())
+	if err != nil {
+		s.errors.Inc()
+		return
+	}
+	s.frontends.Set(float64(frontends))
+	s.backends.Set(float64(backends))
+	s.lastOK.SetToCurrentTime()
+}
+
+// Datapath collects, at scrape time, the per-service counters and map
+// fill from the kernel, and the kernel features probed at start.
+type Datapath struct {
+	stats    maps.Stats
+	usage    func() ([]maps.Usage, error)
+	features []loader.Feature
+	log      *slog.Logger
+
+	connects, refused, entries, maxEntries, fill, feature, scrapeErrors *prometheus.Desc
+}
+
+// NewDatapath returns a collector over stats and usage (maps.MapUsage on
+// the agent's maps; nil leaves map fill out) that also exports features.
+// Register it with a prometheus.Registerer.
+func NewDatapath(stats maps.Stats, usage func() ([]maps.Usage, error), features []loader.Feature, log *slog.Logger) *Datapath {
+	svcLabels := []string{"namespace", "service", "port"}
+	return &Datapath{
+		stats: stats, usage: usage, features: features, log: log,
+		connects: prometheus.NewDesc(namespace+"_service_connects_total",
+			"Connects (and unconnected UDP sends) to a Service port that the BPF programs sent to a backend, summed over the port's frontends.",
+			svcLabels, nil),
+		refused: prometheus.NewDesc(namespace+"_service_no_backend_refusals_total",
+			"Connects to a Service port refused with ECONNREFUSED because it had no backend, summed over the port's frontends.",
+			svcLabels, nil),
+		entries: prometheus.NewDesc(namespace+"_map_entries",
+			"Entries in a BPF map.", []string{"map"}, nil),
+		maxEntries: prometheus.NewDesc(namespace+"_map_max_entries",
+			"Capacity of a BPF map.", []string{"map"}, nil),
+		fill: prometheus.NewDesc(namespace+"_map_fill_ratio",
+			"Entries over capacity of a BPF map; writes fail at 1.", []string{"map"}, nil),
+		feature: prometheus.NewDesc(namespace+"_kernel_feature_available",
+			"1 if the running kernel has the feature, as probed at start.", []string{"feature"}, nil),
+		scrapeErrors: prometheus.NewDesc(namespace+"_datapath_scrape_errors",
+			"1 if the last scrape could not read part of the BPF maps (see the agent's log).", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (d *Datapath) Describe(ch chan<- *prometheus.Desc) {
+	for _, desc := range []*prometheus.Desc{d.connects, d.refused, d.entries, d.maxEntries, d.fill, d.feature, d.scrapeErrors} {
+		ch <- desc
+	}
+}
+
+type serviceKey struct{ namespace, service, port string }
+
+// Collect implements prometheus.Collector. A map that cannot be read is
+// logged and left out, rather than failing the whole scrape.
+func (d *Datapath) Collect(ch chan<- prometheus.Metric) {
+	failed := 0.0
+	fronts, err := d.stats.FrontendStats()
+	if err != nil {
+		d.log.Warn("metrics: read frontend counters", "error", err)
+		failed = 1
+	}
+	// A Service port has one frontend per cluster IP, NodePort address
+	// and external address; users ask about the port.
+	sums := make(map[serviceKey]maps.Counters)
+	for _, f := range fronts {
+		k := parseName(f.Name)
+		c := sums[k]
+		c.Connects += f.Connects
+		c.Refused += f.Refused
+		sums[k] = c
+	}
+	for k, c := range sums {
+		ch <- prometheus.MustNewConstMetric(d.connects, prometheus.CounterValue, float64(c.Connects), k.namespace, k.service, k.port)
+		ch <- prometheus.MustNewConstMetric(d.refused, prometheus.CounterValue, float64(c.Refused), k.namespace, k.service, k.port)
+	}
+	if d.usage != nil {
+		usage, err := d.usage()
+		if err != nil {
+			d.log.Warn("metrics: count map entries", "error", err)
+			failed = 1
+		}
+		for _, u := range usage {
+			ch <- prometheus.MustNewConstMetric(d.entries, prometheus.GaugeValue, float64(u.Entries), u.Map)
+			ch <- prometheus.MustNewConstMetric(d.maxEntries, prometheus.GaugeValue, float64(u.MaxEntries), u.Map)
+			if u.MaxEntries > 0 {
+				ch <- prometheus.MustNewConstMetric(d.fill, prometheus.GaugeValue, float64(u.Entries)/float64(u.MaxEntries), u.Map)
+			}
+		}
+	}
+	for _, f := range d.features {
+		v := 0.0
+		if f.Available {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(d.feature, prometheus.GaugeValue, v, f.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(d.scrapeErrors, prometheus.GaugeValue, failed)
+}
+
+// parseName splits "namespace/name:port" (port may be empty, for a
+// Service's single unnamed port). A name that does not have that shape is
+// kept whole as the service, so that nothing is dropped.
+func parseName(s string) serviceKey {
+	ns, rest, ok := strings.Cut(s, "/")
+	if !ok {
+		return serviceKey{service: s}
+	}
+	name, port, _ := strings.Cut(rest, ":")
+	return serviceKey{namespace: ns, service: name, port: port}
+}

@@ -1,0 +1,347 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/socklb/socklb"
+	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testagent"
+)
+
+// layoutV1Commit is the last commit with map layout v1 (maps socklb_*_v1,
+// 4-byte addresses, one connect4 program): the parent of "Map layout v2".
+// Its agent shares nothing with today's but the link of connect4.
+const layoutV1Commit = "716d225f188408114fc5749c53d76e74b603acdf"
+
+// TestPrivilegedAgentUpgradeFromMapLayoutV1 replaces a running agent built
+// at layoutV1Commit with the current one while clients connect to a
+// Service: no connect fails, every one lands on a backend of the Service,
+// the links are reused, and the v1 maps are gone afterwards. The new
+// agent starts before its source has anything, as when the API server is
+// unreachable: it must leave the old programs serving until it has filled
+// its new maps.
+func TestPrivilegedAgentUpgradeFromMapLayoutV1(t *testing.T) {
+	sandbox.RequirePrivileges(t)
+	// A cold build cache makes this a full build of the old tree.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	oldBin, err := testagent.BuildAt(ctx, "..", layoutV1Commit, t.TempDir())
+	if err != nil {
+		t.Fatalf("this test needs the repository's history (a full clone): %v", err)
+	}
+	t.Logf("built the agent at %.12s in %s", layoutV1Commit, time.Since(start).Round(time.Millisecond))
+
+	for _, tc := range []struct {
+		name string
+		stop syscall.Signal
+	}{
+		{"old agent stopped", syscall.SIGTERM},
+		{"old agent killed", syscall.SIGKILL},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testUpgrade(t, oldBin, tc.stop) })
+	}
+}
+
+func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
+	e := newAgentEnv(t, servicesYAML(1, 2, 3))
+	e.pods(t, 3, 8080)
+	oldCmd := e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms", "--health-addr=")
+	oldCmd.Path, oldCmd.Args[0] = oldBin, oldBin
+	old := testagent.Start(t, oldCmd, nil)
+	old.WaitLog(t, "maps synced", 15*time.Second)
+
+	pins := pinNames(t, e.bpffs)
+	if !slices.Contains(pins, "socklb_svc_v1") || slices.Contains(pins, "socklb_svc_v2") {
+		t.Fatalf("the old agent pinned %v; want the v1 layout", pins)
+	}
+	linksBefore := pinnedLinks(t, e.bpffs)
+	v1Service := pinnedMapID(t, filepath.Join(e.bpffs, "socklb_svc_v1"))
+
+	c := startClients(t, e, "old agent", "198.19.0.10:80", "pod-1", "pod-2", "pod-3")
+	time.Sleep(300 * time.Millisecond)
+	c.phase("no agent")
+	old.Kill(stop)
+	time.Sleep(300 * time.Millisecond)
+
+	// The new agent's source has nothing yet: its file does not exist.
+	c.phase("new agent waiting for its source")
+	e.servicesFile = filepath.Join(t.TempDir(), "services.yaml")
+	next := e.startAgent(t)
+	next.WaitLog(t, "maps ready", 15*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if got := pinnedLinks(t, e.bpffs); !maps.Equal(got, linksBefore) {
+		t.Errorf("the hooks switched before the new maps were filled: links %v, before %v", got, linksBefore)
+	}
+	if pins := pinNames(t, e.bpffs); !slices.Contains(pins, "socklb_svc_v1") || !slices.Contains(pins, "socklb_svc_v2") {
+		t.Errorf("while waiting, pinned %v; want the v1 maps serving and the v2 maps ready", pins)
+	}
+
+	c.phase("new agent syncing")
+	e.writeServices(t, servicesYAML(1, 2, 3))
+	next.WaitLog(t, "maps synced", 15*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for pinnedLinks(t, e.bpffs)["link_sock4_connect"] == linksBefore["link_sock4_connect"] {
+		if time.Now().After(deadline) {
+			t.Fatal("the new agent synced but did not switch connect4 to its program")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.phase("new agent")
+	time.Sleep(500 * time.Millisecond)
+	c.stop()
+
+	c.check(t)
+
+	// Every pin is of the current objects; the v1 maps are gone.
+	spec, err := socklb.LoadBpf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for name, ps := range spec.Programs {
+		if ps.AttachType != ebpf.AttachTraceIter {
+			want = append(want, "link_"+name)
+		}
+	}
+	for name := range spec.Maps {
+		want = append(want, name)
+	}
+	slices.Sort(want)
+	if got := pinNames(t, e.bpffs); !slices.Equal(got, want) {
+		t.Errorf("pinned after the upgrade: %v\nwant exactly the current objects: %v", got, want)
+	}
+
+	// connect4's link is the old one, now running a new program that
+	// reads the v2 service map.
+	linksAfter := pinnedLinks(t, e.bpffs)
+	for name, before := range linksBefore {
+		after, ok := linksAfter[name]
+		switch {
+		case !ok:
+			t.Errorf("%s is gone after the upgrade", name)
+		case after.link != before.link:
+			t.Errorf("%s is link %d after the upgrade, was %d: not replaced in place", name, after.link, before.link)
+		case after.prog == before.prog:
+			t.Errorf("%s still runs program %d of the old agent", name, before.prog)
+		}
+	}
+	v2Service := pinnedMapID(t, filepath.Join(e.bpffs, "socklb_svc_v2"))
+	if ids := programMaps(t, linksAfter["link_sock4_connect"].prog); !slices.Contains(ids, v2Service) || slices.Contains(ids, v1Service) {
+		t.Errorf("connect4 reads maps %v; want the v2 service map %d and not the v1 one %d", ids, v2Service, v1Service)
+	}
+	// Nothing holds the v1 maps any more; the kernel frees them (after an
+	// RCU grace period).
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		m, err := ebpf.NewMapFromID(v1Service)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err == nil {
+			m.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the v1 service map %d still exists: %v", v1Service, err)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	row := e.inspect(t)[webFE]
+	if row.Service != "test/web:http" || len(row.Backends) != 3 || row.Connects == 0 {
+		t.Errorf("inspect after the upgrade: %+v; want test/web:http with 3 backends and connects counted", row)
+	}
+	logs := next.Logs()
+	for _, want := range []string{
+		"the programs attach after the first sync", "programs attached after the first sync filled the maps",
+		"replaced_in_place=true", "unpinned a map of an older layout",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the new agent did not log %q:\n%s", want, logs)
+		}
+	}
+}
+
+// clients connect to one address in a loop, counting per phase of the
+// test what answered and what failed.
+type clients struct {
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	backends []string
+
+	mu     sync.Mutex
+	phases []*phaseCount // the last is the current one
+}
+
+type phaseCount struct {
+	name     string
+	total    int
+	failures int
+	firstErr error
+	answers  map[string]int
+}
+
+// startClients starts two clients connecting to addr from the test's
+// netns, counting under phase; every connect must be answered by one of
+// backends.
+func startClients(t *testing.T, e *agentEnv, phase, addr string, backends ...string) *clients {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &clients{cancel: cancel, backends: backends}
+	t.Cleanup(c.stop)
+	c.phase(phase)
+	for range 2 {
+		c.wg.Go(func() {
+			for ctx.Err() == nil {
+				name, err := e.ask(addr)
+				c.mu.Lock()
+				p := c.phases[len(c.phases)-1]
+				p.total++
+				if err != nil {
+					p.failures++
+					if p.firstErr == nil {
+						p.firstErr = err
+					}
+				} else {
+					p.answers[name]++
+				}
+				c.mu.Unlock()
+			}
+		})
+	}
+	return c
+}
+
+// phase starts counting under a new name.
+func (c *clients) phase(name string) {
+	p := &phaseCount{name: name, answers: map[string]int{}}
+	c.mu.Lock()
+	c.phases = append(c.phases, p)
+	c.mu.Unlock()
+}
+
+func (c *clients) stop() {
+	c.cancel()
+	c.wg.Wait()
+}
+
+// check wants, in every phase, no failed connect and only the expected
+// backends answering; in every phase long enough to tell, each of them.
+func (c *clients) check(t *testing.T) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	total := 0
+	for _, p := range c.phases {
+		total += p.total
+		t.Logf("%s: %d connects, %d failed, answers %v", p.name, p.total, p.failures, p.answers)
+		if p.failures != 0 {
+			t.Errorf("%s: %d of %d connects failed; first: %v", p.name, p.failures, p.total, p.firstErr)
+		}
+		for name := range p.answers {
+			if !slices.Contains(c.backends, name) {
+				t.Errorf("%s: %q answered, not a backend of the service %v", p.name, name, c.backends)
+			}
+		}
+		// With random picks, 50 connects miss one of three backends
+		// with a probability of 5e-9.
+		if p.total >= 50 && len(p.answers) != len(c.backends) {
+			t.Errorf("%s: only %v answered; want each of %v", p.name, p.answers, c.backends)
+		}
+	}
+	if total < 300 {
+		t.Errorf("only %d connects ran; too few to prove anything", total)
+	}
+}
+
+func pinNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+type linkState struct {
+	link link.ID
+	prog ebpf.ProgramID
+}
+
+func (s linkState) String() string { return fmt.Sprintf("link %d/prog %d", s.link, s.prog) }
+
+// pinnedLinks returns each pinned link's id and the program it runs.
+func pinnedLinks(t *testing.T, dir string) map[string]linkState {
+	t.Helper()
+	links := map[string]linkState{}
+	for _, name := range pinNames(t, dir) {
+		if !strings.HasPrefix(name, "link_") {
+			continue
+		}
+		l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		links[name] = linkState{info.ID, info.Program}
+	}
+	return links
+}
+
+func pinnedMapID(t *testing.T, pin string) ebpf.MapID {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(pin, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatal("the kernel reports no map ids")
+	}
+	return id
+}
+
+func programMaps(t *testing.T, id ebpf.ProgramID) []ebpf.MapID {
+	t.Helper()
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, ok := info.MapIDs()
+	if !ok {
+		t.Fatal("the kernel reports no map ids of programs")
+	}
+	return ids
+}
