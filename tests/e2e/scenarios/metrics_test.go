@@ -94,6 +94,24 @@ func TestPrivilegedReadinessAndMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want at least %v", c.name, c.labels, got, c.min)
 		}
 	}
+	// Every frontend (the API server's own "kubernetes" Service is one) has
+	// an entry and a slot per backend, a name and a counter.
+	rows, _ := a.inspect(t)
+	svcEntries, backends := 0, map[string]bool{}
+	for _, r := range rows {
+		svcEntries += 1 + len(r.Backends)
+		for _, b := range r.Backends {
+			backends[string(b)] = true
+		}
+	}
+	for mapName, want := range map[string]int{
+		"socklb_svc_v2": svcEntries, "socklb_be_v2": len(backends),
+		"socklb_name_v2": len(rows), "socklb_cnt_v2": len(rows),
+	} {
+		if got := value(m, "socklb_map_entries", map[string]string{"map": mapName}); got != float64(want) {
+			t.Errorf("socklb_map_entries{map=%q} = %v, want %v", mapName, got, want)
+		}
+	}
 	for _, name := range []string{"socklb_sync_errors_total", "socklb_datapath_scrape_errors"} {
 		if got := value(m, name, nil); got != 0 {
 			t.Errorf("%s = %v, want 0", name, got)
