@@ -10,7 +10,7 @@ IMAGE := bin/socklb-agent-image.tar
 # tree gives the same image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: help generate verify-generated build image test unit-test lint demo clean deps-clang e2e-bin e2e bench
+.PHONY: help generate verify-generated build image test test-deps unit-test lint demo clean deps-clang e2e-bin e2e bench
 
 help: ## this menu
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,7 +49,16 @@ lint: ## gofmt, go vet, staticcheck
 unit-test: ## tests that need no privileges
 	$(GO) test -count=1 -skip 'TestPrivileged' ./...
 
-test: lint verify-generated build e2e-bin ## every test: unit, privileged and end to end (run as root)
+# The upgrade test builds the agent of the commit it names, offline.
+UPGRADE_FROM = $(shell sed -n 's/^const layoutV1Commit = "\([0-9a-f]*\)".*/\1/p' tests/upgrade_test.go)
+
+test-deps: ## fetch the Go modules of the older commit that the upgrade test builds
+	@test -n "$(UPGRADE_FROM)" || { echo "no layoutV1Commit in tests/upgrade_test.go" >&2; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	git archive $(UPGRADE_FROM) go.mod go.sum | tar -x -C "$$tmp" && \
+	(cd "$$tmp" && $(GO) mod download) && echo "modules of $(UPGRADE_FROM) are in the module cache"
+
+test: lint verify-generated build e2e-bin test-deps ## every test: unit, privileged and end to end (run as root)
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 e2e-bin: ## build once (cached in ~/.cache/socklb-e2e) kube-apiserver, kube-controller-manager, etcd v1.37.2

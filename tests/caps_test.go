@@ -240,7 +240,7 @@ func TestPrivilegedAgentCapabilities(t *testing.T) {
 			}
 
 			a := testagent.Start(t, withCaps(t, set, agentBin, "run", "--services-file="+e.servicesFile,
-				"--health-addr=", "--bpffs-path="+e.bpffs, "--cgroup-path="+e.cg.Path()), nil)
+				"--health-addr=", "--metrics-addr=", "--bpffs-path="+e.bpffs, "--cgroup-path="+e.cg.Path()), nil)
 			select {
 			case <-a.Done():
 			case <-time.After(10 * time.Second):
@@ -262,6 +262,32 @@ func TestPrivilegedAgentCapabilities(t *testing.T) {
 			if _, err := os.Stat(e.bpffs); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("the refused agent created its pin directory (%v)", err)
 			}
+
+			// The check above is the agent's own list; the kernel must
+			// agree that the capability is needed. With the check off,
+			// the agent must still fail, on the kernel's refusal.
+			raw := newAgentEnv(t, capsServicesYAML(1))
+			cmd := withCaps(t, set, agentBin, "run", "--services-file="+raw.servicesFile,
+				"--health-addr=", "--metrics-addr=", "--bpffs-path="+raw.bpffs, "--cgroup-path="+raw.cg.Path())
+			cmd.Env = append(os.Environ(), "SOCKLB_SKIP_CAPABILITY_CHECK=1")
+			unchecked := testagent.Start(t, cmd, nil)
+			select {
+			case <-unchecked.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatalf("without %s and without the agent's check, the kernel let the agent run:\n%s", drop.Name, unchecked.Logs())
+			}
+			if st := unchecked.Cmd.ProcessState; st == nil || st.Success() {
+				t.Fatalf("without %s and the check, the agent exited with %v, want a failure", drop.Name, st)
+			}
+			if strings.Contains(unchecked.Logs(), "missing capability") {
+				t.Fatalf("SOCKLB_SKIP_CAPABILITY_CHECK=1 did not skip the check:\n%s", unchecked.Logs())
+			}
+			t.Logf("without %s, the kernel refuses:\n%s", drop.Name, lastLines(unchecked.Logs(), 3))
 		})
 	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -49,7 +49,7 @@ func newRegistry(dp *loader.Datapath, log *slog.Logger) (*prometheus.Registry, *
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		metrics.NewDatapath(maps.NewStats(&dp.Maps), func() ([]maps.Usage, error) { return maps.MapUsage(&dp.Maps) },
-			loader.ProbeFeatures(), log),
+			dp.Features, log),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "socklb_build_info", Help: "Always 1; the agent's version is a label.",
 			ConstLabels: prometheus.Labels{"version": version},
@@ -78,15 +78,21 @@ func serveHTTP(ctx context.Context, what, addr string, h http.Handler, log *slog
 		return fmt.Errorf("%s endpoint: %w", what, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	shutDown := make(chan struct{})
 	go func() {
+		defer close(shutDown)
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
 	log.Info(what+" endpoint listening", "addr", l.Addr().String())
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err = srv.Serve(l)
+	if !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("%s endpoint: %w", what, err)
 	}
+	// Serve returns as soon as Shutdown starts; a scrape may still be
+	// reading the maps, which the caller closes once we return.
+	<-shutDown
 	return nil
 }

@@ -43,23 +43,27 @@ func BuildAt(ctx context.Context, moduleRoot, commit, dir string) (string, error
 	}
 	defer os.RemoveAll(tmp)
 	src := filepath.Join(tmp, "src")
-	if _, err := git(ctx, top, "worktree", "add", "--detach", src, commit); err != nil {
-		return "", fmt.Errorf("build agent at %s: %w", commit, err)
-	}
+	// Registered before the add, which may fail half-way (ctx cancelled)
+	// and leave an entry in .git/worktrees; both commands accept a
+	// missing worktree. Cleanup must run even when ctx is done.
 	defer func() {
-		// Cleanup must run even when ctx is done.
 		_, _ = git(context.Background(), top, "worktree", "remove", "--force", src)
 		_, _ = git(context.Background(), top, "worktree", "prune")
 	}()
+	if _, err := git(ctx, top, "worktree", "add", "--detach", src, commit); err != nil {
+		return "", fmt.Errorf("build agent at %s: %w", commit, err)
+	}
 
 	bin := filepath.Join(dir, "socklb-agent-"+shortName(commit))
 	// -mod=mod: an old go.sum may lack a line a newer go wants; the
 	// worktree is thrown away, so go may add it.
 	cmd := exec.CommandContext(ctx, "go", "build", "-mod=mod", "-buildvcs=false", "-trimpath", "-o", bin, "./cmd/agent")
 	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	// No downloads while tests run: `make test-deps` fetches the old
+	// commit's modules beforehand.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOPROXY=off")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build agent at %s: %w\n%s", commit, err, out)
+		return "", fmt.Errorf("build agent at %s (modules missing? run `make test-deps`): %w\n%s", commit, err, out)
 	}
 	return bin, nil
 }

@@ -126,8 +126,8 @@ func (s *Suite) fill(a *Initramfs, k *Kernel) error {
 	if err := a.Symlink("/var/run", "../run"); err != nil {
 		return err
 	}
-	if static, err := IsStatic(s.Busybox); err != nil || !static {
-		return fmt.Errorf("%s must be a static busybox (apt-get install busybox-static): static=%v %v", s.Busybox, static, err)
+	if err := requireStatic(s.Busybox, "a static busybox (apt-get install busybox-static)"); err != nil {
+		return err
 	}
 	if err := a.CopyFile("/bin/busybox", s.Busybox, 0o755); err != nil {
 		return err
@@ -168,15 +168,15 @@ func (s *Suite) fill(a *Initramfs, k *Kernel) error {
 			}
 		}
 	}
-	if static, err := IsStatic(s.Agent); err != nil || !static {
-		return fmt.Errorf("agent %s must be static (CGO_ENABLED=0): static=%v %v", s.Agent, static, err)
+	if err := requireStatic(s.Agent, "a static agent (CGO_ENABLED=0)"); err != nil {
+		return err
 	}
 	if err := a.CopyFile(path.Join(guestBin, "socklb-agent"), s.Agent, 0o755); err != nil {
 		return err
 	}
 	for _, p := range s.Packages {
-		if static, err := IsStatic(p.Binary); err != nil || !static {
-			return fmt.Errorf("test binary %s must be static (CGO_ENABLED=0): static=%v %v", p.Binary, static, err)
+		if err := requireStatic(p.Binary, "a static test binary (CGO_ENABLED=0)"); err != nil {
+			return err
 		}
 		if err := a.CopyFile(path.Join(guestBin, binaryName(p)), p.Binary, 0o755); err != nil {
 			return err
@@ -256,4 +256,17 @@ func HostTools(names ...string) (found, missing []string) {
 	}
 	slices.Sort(missing)
 	return found, missing
+}
+
+// requireStatic fails unless path is a statically linked ELF file: the
+// guest has no dynamic loader for it. want says what path should be.
+func requireStatic(path, want string) error {
+	static, err := IsStatic(path)
+	if err != nil {
+		return fmt.Errorf("%s must be %s: %w", path, want, err)
+	}
+	if !static {
+		return fmt.Errorf("%s must be %s: it is dynamically linked", path, want)
+	}
+	return nil
 }

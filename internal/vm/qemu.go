@@ -94,10 +94,11 @@ loop:
 	}
 	res.Problems = append(res.Problems, g.problems...)
 	switch {
+	case ctx.Err() != nil:
+		// The caller's deadline or cancel, not the VM's own timeout.
+		return nil, ctx.Err()
 	case errors.Is(vmCtx.Err(), context.DeadlineExceeded):
 		res.Problems = append(res.Problems, fmt.Sprintf("VM timed out after %s", opts.Timeout))
-	case ctx.Err() != nil:
-		return nil, ctx.Err()
 	case waitErr != nil:
 		res.Problems = append(res.Problems, fmt.Sprintf("qemu: %v: %s", waitErr, strings.TrimSpace(qout.String())))
 	case !g.done:

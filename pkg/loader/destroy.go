@@ -69,11 +69,12 @@ func (d *Datapath) DestroySockets(gone []maps.Departure, opts DestroyOptions) (i
 	}()
 	paths := opts.NetnsPaths
 	if paths == nil {
-		paths = allNetns()
-		if !haveCapability(unix.CAP_SYS_ADMIN) {
+		if haveCapability(unix.CAP_SYS_ADMIN) {
+			paths = allNetns()
+		} else {
 			// Entering another namespace needs CAP_SYS_ADMIN; our own
-			// (listed first) needs no setns.
-			paths = paths[:1]
+			// needs no setns.
+			paths = []string{"/proc/self/ns/net"}
 		}
 	}
 	var (

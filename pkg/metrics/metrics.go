@@ -7,6 +7,7 @@ package metrics
 import (
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,6 +79,15 @@ type Datapath struct {
 	features []loader.Feature
 	log      *slog.Logger
 
+	// A Service port's counter is the sum over its frontends, and a
+	// frontend's counters go with it (an external IP removed, a node
+	// address gone). So that the sum never falls, which Prometheus would
+	// read as a reset, the last values seen of a removed frontend are
+	// carried while its Service port has other frontends.
+	mu      sync.Mutex
+	last    map[maps.RevNATID]frontendSeen
+	carried map[serviceKey]maps.Counters
+
 	connects, refused, entries, maxEntries, fill, feature, scrapeErrors *prometheus.Desc
 }
 
@@ -88,6 +98,7 @@ func NewDatapath(stats maps.Stats, usage func() ([]maps.Usage, error), features 
 	svcLabels := []string{"namespace", "service", "port"}
 	return &Datapath{
 		stats: stats, usage: usage, features: features, log: log,
+		carried: make(map[serviceKey]maps.Counters),
 		connects: prometheus.NewDesc(namespace+"_service_connects_total",
 			"Connects (and unconnected UDP sends) to a Service port that the BPF programs sent to a backend, summed over the port's frontends.",
 			svcLabels, nil),
@@ -116,6 +127,47 @@ func (d *Datapath) Describe(ch chan<- *prometheus.Desc) {
 
 type serviceKey struct{ namespace, service, port string }
 
+type frontendSeen struct {
+	key serviceKey
+	maps.Counters
+}
+
+// sumByPort adds up fronts per Service port, plus what removed frontends
+// had counted, and remembers fronts for the next scrape.
+func (d *Datapath) sumByPort(fronts []maps.FrontendStats) map[serviceKey]maps.Counters {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := make(map[maps.RevNATID]frontendSeen, len(fronts))
+	sums := make(map[serviceKey]maps.Counters)
+	for _, f := range fronts {
+		seen := frontendSeen{key: parseName(f.Name), Counters: f.Counters}
+		now[f.RevNATID] = seen
+		sums[seen.key] = add(sums[seen.key], f.Counters)
+	}
+	for id, prev := range d.last {
+		cur, ok := now[id]
+		// Gone, reused for another Service, or recreated (counters
+		// restarted): what it had counted stays with its port.
+		if !ok || cur.key != prev.key || cur.Connects < prev.Connects || cur.Refused < prev.Refused {
+			d.carried[prev.key] = add(d.carried[prev.key], prev.Counters)
+		}
+	}
+	for key, c := range d.carried {
+		if _, ok := sums[key]; !ok {
+			// The Service port is gone: its series ends.
+			delete(d.carried, key)
+			continue
+		}
+		sums[key] = add(sums[key], c)
+	}
+	d.last = now
+	return sums
+}
+
+func add(a, b maps.Counters) maps.Counters {
+	return maps.Counters{Connects: a.Connects + b.Connects, Refused: a.Refused + b.Refused}
+}
+
 // Collect implements prometheus.Collector. A map that cannot be read is
 // logged and left out, rather than failing the whole scrape.
 func (d *Datapath) Collect(ch chan<- prometheus.Metric) {
@@ -127,13 +179,9 @@ func (d *Datapath) Collect(ch chan<- prometheus.Metric) {
 	}
 	// A Service port has one frontend per cluster IP, NodePort address
 	// and external address; users ask about the port.
-	sums := make(map[serviceKey]maps.Counters)
-	for _, f := range fronts {
-		k := parseName(f.Name)
-		c := sums[k]
-		c.Connects += f.Connects
-		c.Refused += f.Refused
-		sums[k] = c
+	var sums map[serviceKey]maps.Counters
+	if err == nil {
+		sums = d.sumByPort(fronts)
 	}
 	for k, c := range sums {
 		ch <- prometheus.MustNewConstMetric(d.connects, prometheus.CounterValue, float64(c.Connects), k.namespace, k.service, k.port)

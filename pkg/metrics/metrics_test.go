@@ -137,3 +137,72 @@ func TestParseName(t *testing.T) {
 		}
 	}
 }
+
+func TestDatapathCountersNeverFallWhenAFrontendGoes(t *testing.T) {
+	f := maps.NewFake()
+	if err := f.UpsertBackend(1, maps.Backend{Addr: netip.MustParseAddr("198.18.0.1"), Port: 8080, Proto: maps.ProtoTCP}); err != nil {
+		t.Fatal(err)
+	}
+	v4 := publish(t, f, 1, "198.19.0.1", "shop/web:http", 1)
+	external := publish(t, f, 2, "198.19.9.9", "shop/web:http", 1)
+	connect := func(fe maps.Frontend, n int) {
+		t.Helper()
+		for range n {
+			if _, _, err := f.Lookup(fe, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	d := NewDatapath(f, nil, nil, slog.New(slog.DiscardHandler))
+	connects := func() float64 {
+		t.Helper()
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(d)
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fam := range fams {
+			if fam.GetName() != "socklb_service_connects_total" {
+				continue
+			}
+			for _, m := range fam.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "service" && l.GetValue() == "web" {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return -1 // no series
+	}
+
+	connect(v4, 3)
+	connect(external, 1)
+	if got := connects(); got != 4 {
+		t.Fatalf("connects = %v, want 4", got)
+	}
+	// The external IP goes: its frontend and its counters with it.
+	if err := f.DeleteService(external); err != nil {
+		t.Fatal(err)
+	}
+	if got := connects(); got != 4 {
+		t.Fatalf("after the external frontend went: connects = %v, want 4 (a counter must not fall)", got)
+	}
+	connect(v4, 2)
+	if got := connects(); got != 6 {
+		t.Fatalf("connects = %v, want 6", got)
+	}
+	// Its id is reused for another Service: web keeps what it had.
+	publish(t, f, 2, "198.19.0.7", "shop/db:sql", 1)
+	if got := connects(); got != 6 {
+		t.Fatalf("after id reuse: connects = %v, want 6", got)
+	}
+	// The last frontend goes: so does the series.
+	if err := f.DeleteService(v4); err != nil {
+		t.Fatal(err)
+	}
+	if got := connects(); got != -1 {
+		t.Fatalf("after the Service went: connects = %v, want no series", got)
+	}
+}
