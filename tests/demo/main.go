@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -150,6 +151,11 @@ func run() (err error) {
 		return fmt.Errorf("empty service: got %v, want connection refused", err)
 	}
 
+	step("curl http://127.0.0.1:9810/metrics (the socklb_service_* and *_programmed lines)")
+	if err := showMetrics(ctx, "http://127.0.0.1:9810/metrics"); err != nil {
+		return err
+	}
+
 	step("socklb-agent inspect")
 	if err := show(*agentBin, append([]string{"inspect"}, agentArgs...)...); err != nil {
 		return err
@@ -164,6 +170,35 @@ func run() (err error) {
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
+
+// showMetrics prints the per-Service counters and the programmed totals
+// from the agent's metrics endpoint (its default address, on the host's
+// loopback).
+func showMetrics(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("scrape metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("scrape metrics: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "socklb_service_") || strings.HasPrefix(line, "socklb_frontends_programmed") ||
+			strings.HasPrefix(line, "socklb_backends_programmed") {
+			fmt.Println("  " + line)
+		}
+	}
+	return sc.Err()
+}
 
 func show(bin string, args ...string) error {
 	cmd := exec.Command(bin, args...)
