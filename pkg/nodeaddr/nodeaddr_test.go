@@ -25,6 +25,9 @@ const waitTimeout = 5 * time.Second
 type started struct {
 	w       *Watcher
 	changes atomic.Int64 // OnChange calls
+	// notified is the address list as OnChange last saw it: Addresses
+	// changes before OnChange runs, so only this says the call was made.
+	notified atomic.Pointer[[]netip.Addr]
 	cancel  context.CancelFunc
 	done    chan error // Run's result
 }
@@ -34,7 +37,13 @@ func start(t *testing.T, opts Options, wrap func(*Watcher)) *started {
 	t.Helper()
 	s := &started{done: make(chan error, 1)}
 	opts.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
-	opts.OnChange = func() { s.changes.Add(1) }
+	opts.OnChange = func() {
+		// Counted before it is seen, so that waitNotified implies the
+		// count.
+		s.changes.Add(1)
+		a := s.w.Addresses()
+		s.notified.Store(&a)
+	}
 	w, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -75,6 +84,22 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitNotified waits until OnChange has been called for want.
+func waitNotified(t *testing.T, s *started, want []netip.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		got := s.notified.Load()
+		if got != nil && slices.Equal(*got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v: OnChange saw %v last, want %v", waitTimeout, got, want)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -165,14 +190,14 @@ func TestPrivilegedWatch(t *testing.T) {
 	// Adding: both families show up.
 	addAddr(t, ns, "198.18.0.7/32")
 	addAddr(t, ns, "2001:2::7/128")
-	waitAddrs(t, s.w, addrs("127.0.0.1", "198.18.0.7", "::1", "2001:2::7"))
+	waitNotified(t, s, addrs("127.0.0.1", "198.18.0.7", "::1", "2001:2::7"))
 	if n := s.changes.Load(); n < 2 || n > 3 {
 		t.Errorf("OnChange called %d times after two additions, want 2 or 3 in all", n)
 	}
 
 	// Deleting: it goes.
 	loAddr(t, ns, "198.18.0.7/32", true)
-	waitAddrs(t, s.w, addrs("127.0.0.1", "::1", "2001:2::7"))
+	waitNotified(t, s, addrs("127.0.0.1", "::1", "2001:2::7"))
 
 	// A link-local address changes nothing: no OnChange for it. The
 	// address added after it is seen only after it (the kernel announces
@@ -181,7 +206,7 @@ func TestPrivilegedWatch(t *testing.T) {
 	before := s.changes.Load()
 	loAddr(t, ns, "fe80::1/64", false)
 	addAddr(t, ns, "198.18.0.8/32")
-	waitAddrs(t, s.w, addrs("127.0.0.1", "198.18.0.8", "::1", "2001:2::7"))
+	waitNotified(t, s, addrs("127.0.0.1", "198.18.0.8", "::1", "2001:2::7"))
 	time.Sleep(100 * time.Millisecond) // let a late notification be handled
 	if n := s.changes.Load() - before; n != 1 {
 		t.Errorf("OnChange called %d times for a link-local and a global address, want 1", n)
