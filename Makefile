@@ -49,14 +49,18 @@ lint: ## gofmt, go vet, staticcheck
 unit-test: ## tests that need no privileges
 	$(GO) test -count=1 -skip 'TestPrivileged' ./...
 
-# The upgrade test builds the agent of the commit it names, offline.
-UPGRADE_FROM = $(shell sed -n 's/^const layoutV1Commit = "\([0-9a-f]*\)".*/\1/p' tests/upgrade_test.go)
+# The upgrade test builds the agents of the commits it names (one per older
+# map layout, `layoutVnCommit = "<hash>"`), offline.
+UPGRADE_FROM = $(shell sed -n 's/^[[:space:]]*\(const \)\{0,1\}layoutV[0-9]*Commit = "\([0-9a-f]*\)".*/\2/p' tests/upgrade_test.go)
 
-test-deps: ## fetch the Go modules of the older commit that the upgrade test builds
-	@test -n "$(UPGRADE_FROM)" || { echo "no layoutV1Commit in tests/upgrade_test.go" >&2; exit 1; }
-	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	git archive $(UPGRADE_FROM) go.mod go.sum | tar -x -C "$$tmp" && \
-	(cd "$$tmp" && $(GO) mod download) && echo "modules of $(UPGRADE_FROM) are in the module cache"
+test-deps: ## fetch the Go modules of the older commits that the upgrade test builds
+	@test -n "$(UPGRADE_FROM)" || { echo "no layoutVnCommit in tests/upgrade_test.go" >&2; exit 1; }
+	@for c in $(UPGRADE_FROM); do \
+		tmp=$$(mktemp -d) && \
+		git archive $$c go.mod go.sum | tar -x -C "$$tmp" && \
+		(cd "$$tmp" && $(GO) mod download) && rm -rf "$$tmp" && \
+		echo "modules of $$c are in the module cache" || { rm -rf "$$tmp"; exit 1; }; \
+	done
 
 test: lint verify-generated build e2e-bin test-deps ## every test: unit, privileged and end to end (run as root)
 	$(GO) test -count=1 -p 1 -timeout 30m ./...

@@ -82,19 +82,20 @@ type BpfSvcValue struct {
 	Flags           uint16
 	Pad             [2]uint8
 	AffinityTimeout uint32
+	Backend         BpfBackend
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BpfMapSocklbAffV2       = "socklb_aff_v2"
-	BpfMapSocklbBeV2        = "socklb_be_v2"
-	BpfMapSocklbCntV2       = "socklb_cnt_v2"
-	BpfMapSocklbGoneV2      = "socklb_gone_v2"
-	BpfMapSocklbNameV2      = "socklb_name_v2"
-	BpfMapSocklbSockV2      = "socklb_sock_v2"
-	BpfMapSocklbSvcV2       = "socklb_svc_v2"
+	BpfMapSocklbAffV3       = "socklb_aff_v3"
+	BpfMapSocklbBeV3        = "socklb_be_v3"
+	BpfMapSocklbCntV3       = "socklb_cnt_v3"
+	BpfMapSocklbGoneV3      = "socklb_gone_v3"
+	BpfMapSocklbNameV3      = "socklb_name_v3"
+	BpfMapSocklbSockV3      = "socklb_sock_v3"
+	BpfMapSocklbSvcV3       = "socklb_svc_v3"
 	BpfProgSock4Connect     = "sock4_connect"
 	BpfProgSock4Getpeername = "sock4_getpeername"
 	BpfProgSock4Recvmsg     = "sock4_recvmsg"
@@ -165,13 +166,13 @@ type BpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfMapSpecs struct {
-	SocklbAffV2  *ebpf.MapSpec `ebpf:"socklb_aff_v2"`
-	SocklbBeV2   *ebpf.MapSpec `ebpf:"socklb_be_v2"`
-	SocklbCntV2  *ebpf.MapSpec `ebpf:"socklb_cnt_v2"`
-	SocklbGoneV2 *ebpf.MapSpec `ebpf:"socklb_gone_v2"`
-	SocklbNameV2 *ebpf.MapSpec `ebpf:"socklb_name_v2"`
-	SocklbSockV2 *ebpf.MapSpec `ebpf:"socklb_sock_v2"`
-	SocklbSvcV2  *ebpf.MapSpec `ebpf:"socklb_svc_v2"`
+	SocklbAffV3  *ebpf.MapSpec `ebpf:"socklb_aff_v3"`
+	SocklbBeV3   *ebpf.MapSpec `ebpf:"socklb_be_v3"`
+	SocklbCntV3  *ebpf.MapSpec `ebpf:"socklb_cnt_v3"`
+	SocklbGoneV3 *ebpf.MapSpec `ebpf:"socklb_gone_v3"`
+	SocklbNameV3 *ebpf.MapSpec `ebpf:"socklb_name_v3"`
+	SocklbSockV3 *ebpf.MapSpec `ebpf:"socklb_sock_v3"`
+	SocklbSvcV3  *ebpf.MapSpec `ebpf:"socklb_svc_v3"`
 }
 
 // BpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -200,24 +201,24 @@ func (o *BpfObjects) Close() error {
 //
 // It can be passed to LoadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfMaps struct {
-	SocklbAffV2  *ebpf.Map `ebpf:"socklb_aff_v2"`
-	SocklbBeV2   *ebpf.Map `ebpf:"socklb_be_v2"`
-	SocklbCntV2  *ebpf.Map `ebpf:"socklb_cnt_v2"`
-	SocklbGoneV2 *ebpf.Map `ebpf:"socklb_gone_v2"`
-	SocklbNameV2 *ebpf.Map `ebpf:"socklb_name_v2"`
-	SocklbSockV2 *ebpf.Map `ebpf:"socklb_sock_v2"`
-	SocklbSvcV2  *ebpf.Map `ebpf:"socklb_svc_v2"`
+	SocklbAffV3  *ebpf.Map `ebpf:"socklb_aff_v3"`
+	SocklbBeV3   *ebpf.Map `ebpf:"socklb_be_v3"`
+	SocklbCntV3  *ebpf.Map `ebpf:"socklb_cnt_v3"`
+	SocklbGoneV3 *ebpf.Map `ebpf:"socklb_gone_v3"`
+	SocklbNameV3 *ebpf.Map `ebpf:"socklb_name_v3"`
+	SocklbSockV3 *ebpf.Map `ebpf:"socklb_sock_v3"`
+	SocklbSvcV3  *ebpf.Map `ebpf:"socklb_svc_v3"`
 }
 
 func (m *BpfMaps) Close() error {
 	return _BpfClose(
-		m.SocklbAffV2,
-		m.SocklbBeV2,
-		m.SocklbCntV2,
-		m.SocklbGoneV2,
-		m.SocklbNameV2,
-		m.SocklbSockV2,
-		m.SocklbSvcV2,
+		m.SocklbAffV3,
+		m.SocklbBeV3,
+		m.SocklbCntV3,
+		m.SocklbGoneV3,
+		m.SocklbNameV3,
+		m.SocklbSockV3,
+		m.SocklbSvcV3,
 	)
 }
 

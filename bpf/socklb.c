@@ -25,7 +25,7 @@ struct {
 	 * program never reads an element that is being reused. */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_svc_v2 SEC(".maps");
+} socklb_svc_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -34,7 +34,7 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_be_v2 SEC(".maps");
+} socklb_be_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -43,7 +43,7 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_cnt_v2 SEC(".maps");
+} socklb_cnt_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -52,7 +52,7 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_name_v2 SEC(".maps");
+} socklb_name_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -60,7 +60,7 @@ struct {
 	__type(value, struct affinity_value);
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_aff_v2 SEC(".maps");
+} socklb_aff_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -70,7 +70,7 @@ struct {
 	/* Pinned like the rest: sockets opened before an agent restart keep
 	 * their state for the new programs. */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_sock_v2 SEC(".maps");
+} socklb_sock_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -78,11 +78,11 @@ struct {
 	__type(value, __u8);
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} socklb_gone_v2 SEC(".maps");
+} socklb_gone_v3 SEC(".maps");
 
 static __always_inline void lb_count(__u32 rev_nat_id, int refused)
 {
-	struct svc_counters *c = bpf_map_lookup_elem(&socklb_cnt_v2, &rev_nat_id);
+	struct svc_counters *c = bpf_map_lookup_elem(&socklb_cnt_v3, &rev_nat_id);
 
 	/* The agent creates the entry when it publishes the service. */
 	if (!c)
@@ -94,28 +94,30 @@ static __always_inline void lb_count(__u32 rev_nat_id, int refused)
 }
 
 /* lb_affinity returns the backend this client used last for the service,
- * if it is recent enough and still exists, else 0. */
-static __always_inline __u32 lb_affinity(struct affinity_key *ak,
-					 __u32 timeout, __u64 now)
+ * with its id in *id, if it is recent enough and still exists, else NULL. */
+static __always_inline struct backend *lb_affinity(struct affinity_key *ak,
+						   __u32 timeout, __u64 now,
+						   __u32 *id)
 {
-	struct affinity_value *av = bpf_map_lookup_elem(&socklb_aff_v2, ak);
-	__u32 id;
+	struct affinity_value *av = bpf_map_lookup_elem(&socklb_aff_v3, ak);
 
 	if (!av)
 		return 0;
 	if (now - av->last_used_ns > (__u64)timeout * NSEC_PER_SEC)
 		return 0;
-	id = av->backend_id;
+	*id = av->backend_id;
 	/* The agent drops entries of backends that leave the service; a
-	 * backend gone from the map is not usable either way. */
-	if (!bpf_map_lookup_elem(&socklb_be_v2, &id))
-		return 0;
-	return id;
+	 * backend gone from the map is not usable either way. Affinity
+	 * remembers an id, not a slot, so this is the one path of a connect
+	 * that reads the backend map. */
+	return bpf_map_lookup_elem(&socklb_be_v3, id);
 }
 
 /* lb_select picks a backend for key (slot 0) into *out and its id into
  * *out_id. It returns 0 on success, -ENOENT when the address is not a
- * service, -ECONNREFUSED when the service has no backend. */
+ * service, -ECONNREFUSED when the service has no backend. Without
+ * affinity a connect reads two elements of the service map (the entry and
+ * a slot, which carries the backend) and the counters. */
 static __always_inline int lb_select(struct svc_key *key, __u64 client,
 				     struct backend *out, __u32 *out_id,
 				     __u32 *out_rev_nat)
@@ -127,13 +129,13 @@ static __always_inline int lb_select(struct svc_key *key, __u64 client,
 		struct affinity_key ak = {};
 		struct affinity_value av = {};
 		struct svc_value *entry, *slot;
-		struct backend *be;
+		struct backend *be = 0;
 		__u32 backend_id = 0, timeout;
 		__u16 count, base, flags;
 		__u64 now = 0;
 
 		key->slot = 0;
-		entry = bpf_map_lookup_elem(&socklb_svc_v2, key);
+		entry = bpf_map_lookup_elem(&socklb_svc_v3, key);
 		if (!entry)
 			return -ENOENT;
 		count = entry->count;
@@ -148,25 +150,23 @@ static __always_inline int lb_select(struct svc_key *key, __u64 client,
 			ak.netns_cookie = client;
 			ak.rev_nat_id = rev_nat_id;
 			now = bpf_ktime_get_boot_ns();
-			backend_id = lb_affinity(&ak, timeout, now);
+			be = lb_affinity(&ak, timeout, now, &backend_id);
 		}
-		if (!backend_id) {
+		if (!be) {
 			key->slot = base + (bpf_get_prandom_u32() % count) + 1;
-			slot = bpf_map_lookup_elem(&socklb_svc_v2, key);
+			slot = bpf_map_lookup_elem(&socklb_svc_v3, key);
 			if (!slot)
 				continue; /* republished meanwhile: reread */
 			backend_id = slot->backend_id;
+			be = &slot->backend;
 		}
-		be = bpf_map_lookup_elem(&socklb_be_v2, &backend_id);
-		if (!be)
-			continue;
 		*out = *be;
 		*out_id = backend_id;
 		*out_rev_nat = rev_nat_id;
 		if (flags & SOCKLB_SVC_F_AFFINITY) {
 			av.backend_id = backend_id;
 			av.last_used_ns = now;
-			bpf_map_update_elem(&socklb_aff_v2, &ak, &av, BPF_ANY);
+			bpf_map_update_elem(&socklb_aff_v3, &ak, &av, BPF_ANY);
 		}
 		lb_count(rev_nat_id, 0);
 		return 0;
@@ -201,7 +201,7 @@ static __always_inline void sock_remember(struct bpf_sock_addr *ctx,
 {
 	struct sock_state *st;
 
-	st = bpf_sk_storage_get(&socklb_sock_v2, ctx->sk, 0,
+	st = bpf_sk_storage_get(&socklb_sock_v3, ctx->sk, 0,
 				BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return;
@@ -226,14 +226,14 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx,
 
 	if (sticky) {
 		struct sock_state *st =
-			bpf_sk_storage_get(&socklb_sock_v2, ctx->sk, 0, 0);
+			bpf_sk_storage_get(&socklb_sock_v3, ctx->sk, 0, 0);
 
 		if (st && st->vip_port == key->port &&
 		    st->vip[0] == key->addr[0] && st->vip[1] == key->addr[1] &&
 		    st->vip[2] == key->addr[2] && st->vip[3] == key->addr[3]) {
 			__u32 prev = st->backend_id;
 			struct backend *b =
-				bpf_map_lookup_elem(&socklb_be_v2, &prev);
+				bpf_map_lookup_elem(&socklb_be_v3, &prev);
 
 			if (b) {
 				*be = *b;
@@ -321,7 +321,7 @@ static __always_inline struct sock_state *reply_state(struct bpf_sock_addr *ctx,
 						      const __be32 *addr,
 						      __be16 port)
 {
-	struct sock_state *st = bpf_sk_storage_get(&socklb_sock_v2, ctx->sk, 0, 0);
+	struct sock_state *st = bpf_sk_storage_get(&socklb_sock_v3, ctx->sk, 0, 0);
 
 	if (!st || st->backend_port != port)
 		return 0;
@@ -470,12 +470,12 @@ static __always_inline void destroy_departed(struct bpf_iter_meta *meta,
 	struct sock_state *st;
 	char mark = 'x';
 
-	st = bpf_sk_storage_get(&socklb_sock_v2, sk, 0, 0);
+	st = bpf_sk_storage_get(&socklb_sock_v3, sk, 0, 0);
 	if (!st || !(st->flags & SOCKLB_SOCK_F_CONNECTED))
 		return;
 	d.rev_nat_id = st->rev_nat_id;
 	d.backend_id = st->backend_id;
-	if (!bpf_map_lookup_elem(&socklb_gone_v2, &d))
+	if (!bpf_map_lookup_elem(&socklb_gone_v3, &d))
 		return;
 	if (bpf_sock_destroy(skc) == 0) {
 		/* A destroyed UDP socket lives on, disconnected: do not count

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Map contract between the BPF programs and pkg/maps. Go types are generated
  * from these structs by bpf2go (-type), so change them only together with a
- * map name version bump (the _v2 suffix). */
+ * map name version bump (the _v3 suffix on every map). */
 #ifndef SOCKLB_H
 #define SOCKLB_H
 
@@ -12,7 +12,7 @@
 #define SOCKLB_SLOT_HALF 0x8000
 #define SOCKLB_MAX_BACKENDS_PER_SVC (SOCKLB_SLOT_HALF - 1)
 
-/* Attempts to read a consistent {entry, slot, backend} triple while the agent
+/* Attempts to read a consistent {entry, slot} pair while the agent
  * is republishing the service under our feet. */
 #define SOCKLB_LOOKUP_ATTEMPTS 3
 
@@ -29,7 +29,7 @@ enum socklb_svc_flags {
  * IPv4 service without a second lookup. */
 
 /* Key of the service map. slot 0 holds the service entry, slots
- * base+1..base+count hold the ids of its backends. */
+ * base+1..base+count hold its backends (id and copy). */
 struct svc_key {
 	__be32 addr[4]; /* service address */
 	__be16 port;    /* service port, network order */
@@ -39,7 +39,21 @@ struct svc_key {
 	__u8 pad[2];
 };
 
-/* Value of the service map; which fields are meaningful depends on the slot. */
+/* Value of the backend map, keyed by a __u32 backend id. */
+struct backend {
+	__be32 addr[4];
+	__be16 port; /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Value of the service map; which fields are meaningful depends on the slot.
+ * A backend slot carries a copy of its backend next to the id, so that a
+ * connect reads the backend from the slot instead of looking the id up in
+ * the backend map: with many Services every lookup misses the CPU caches.
+ * The agent never changes the backend of a live id (a new address gets a
+ * new id), so the copy cannot go stale. The id stays for session affinity
+ * and the socket state, which refer to backends by id. */
 struct svc_value {
 	__u32 backend_id;       /* backend slots: id in the backend map */
 	__u16 count;            /* slot 0: number of backends, 0 = refuse */
@@ -48,14 +62,7 @@ struct svc_value {
 	__u16 flags;            /* slot 0: enum socklb_svc_flags */
 	__u8 pad[2];
 	__u32 affinity_timeout; /* slot 0: seconds, with SOCKLB_SVC_F_AFFINITY */
-};
-
-/* Value of the backend map, keyed by a __u32 backend id. */
-struct backend {
-	__be32 addr[4];
-	__be16 port; /* network order */
-	__u8 proto;
-	__u8 pad;
+	struct backend backend; /* backend slots: the backend of backend_id */
 };
 
 /* Per-CPU counters of one frontend, keyed by its rev_nat_id. */

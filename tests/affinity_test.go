@@ -108,7 +108,7 @@ func assertNoAffinityTo(t *testing.T, d *datapath, b netip.AddrPort) {
 		k socklb.BpfAffinityKey
 		v socklb.BpfAffinityValue
 	)
-	it := d.dp.Maps.SocklbAffV2.Iterate()
+	it := d.dp.Maps.SocklbAffV3.Iterate()
 	for it.Next(&k, &v) {
 		be := bes[backendID(v.BackendId)]
 		if be.Addr == b.Addr() && be.Port == b.Port() {

@@ -334,10 +334,10 @@ func TestPrivilegedBpftoolShowsFieldNames(t *testing.T) {
 		t.Fatal("bpftool is needed (apt-get install bpftool)")
 	}
 	for mapName, fields := range map[string][]string{
-		"socklb_svc_v2":  {`"addr"`, `"port"`, `"proto"`, `"slot"`, `"backend_id"`, `"count"`, `"base"`, `"rev_nat_id"`},
-		"socklb_be_v2":   {`"addr"`, `"port"`, `"proto"`},
-		"socklb_cnt_v2":  {`"connects"`, `"refused"`},
-		"socklb_name_v2": {`"name"`, `"test/svc-80"`},
+		"socklb_svc_v3":  {`"addr"`, `"port"`, `"proto"`, `"slot"`, `"backend_id"`, `"count"`, `"base"`, `"rev_nat_id"`, `"backend"`},
+		"socklb_be_v3":   {`"addr"`, `"port"`, `"proto"`},
+		"socklb_cnt_v3":  {`"connects"`, `"refused"`},
+		"socklb_name_v3": {`"name"`, `"test/svc-80"`},
 	} {
 		out, err := exec.Command(bpftool, "map", "dump", "pinned", filepath.Join(d.bpffs, mapName)).CombinedOutput()
 		if err != nil {

@@ -36,6 +36,11 @@ func TestGoldenMapDumps(t *testing.T) {
 			if _, err := reconciler.New(fake, nil).Apply(state); err != nil {
 				t.Fatal(err)
 			}
+			// The dump lists backends by id; a program reads the copy
+			// in each slot, which must be the same backend.
+			if err := fake.CheckConsistent(); err != nil {
+				t.Fatal(err)
+			}
 			got := dump(t, fake, docErrs, warnings)
 			golden := filepath.Join("testdata", name+".golden")
 			if *update {

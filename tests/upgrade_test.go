@@ -22,55 +22,90 @@ import (
 	"github.com/socklb/socklb/internal/testagent"
 )
 
-// layoutV1Commit is the last commit with map layout v1 (maps socklb_*_v1,
-// 4-byte addresses, one connect4 program): the parent of "Map layout v2".
-// Its agent shares nothing with today's but the link of connect4.
-const layoutV1Commit = "716d225f188408114fc5749c53d76e74b603acdf"
+// The commits whose agents the upgrade test replaces, one per older map
+// layout. The Makefile's test-deps target reads these lines to fetch their
+// modules: keep the form `layoutVnCommit = "<full hash>"`.
+const (
+	// layoutV1Commit is the last commit with map layout v1 (maps
+	// socklb_*_v1, 4-byte addresses, one connect4 program): the parent of
+	// "Map layout v2". Its agent shares nothing with today's but the link
+	// of connect4.
+	layoutV1Commit = "716d225f188408114fc5749c53d76e74b603acdf"
+	// layoutV2Commit has map layout v2 (maps socklb_*_v2, backend slots
+	// that hold only a backend id), as every commit up to "Map layout v3"
+	// does; after it only tests changed. Its agent pins a link for every
+	// hook.
+	layoutV2Commit = "4922c9c3e424ee3715a310edf094d1e204963da5"
+)
 
-// TestPrivilegedAgentUpgradeFromMapLayoutV1 replaces a running agent built
-// at layoutV1Commit with the current one while clients connect to a
-// Service: no connect fails, every one lands on a backend of the Service,
-// the links are reused, and the v1 maps are gone afterwards. The new
-// agent starts before its source has anything, as when the API server is
-// unreachable: it must leave the old programs serving until it has filled
-// its new maps.
-func TestPrivilegedAgentUpgradeFromMapLayoutV1(t *testing.T) {
+// TestPrivilegedAgentUpgradeFromOlderMapLayouts replaces a running agent
+// built at the last commit of each older map layout with the current one
+// while clients connect to a Service: no connect fails, every one lands on
+// a backend of the Service, the links are reused, and the old maps are
+// gone afterwards. The new agent starts before its source has anything, as
+// when the API server is unreachable: it must leave the old programs
+// serving until it has filled its new maps.
+func TestPrivilegedAgentUpgradeFromOlderMapLayouts(t *testing.T) {
 	sandbox.RequirePrivileges(t)
-	// A cold build cache makes this a full build of the old tree.
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
-	defer cancel()
-	start := time.Now()
-	oldBin, err := testagent.BuildAt(ctx, "..", layoutV1Commit, t.TempDir())
-	if err != nil {
-		t.Fatalf("this test needs the repository's history (a full clone): %v", err)
-	}
-	t.Logf("built the agent at %.12s in %s", layoutV1Commit, time.Since(start).Round(time.Millisecond))
-
-	for _, tc := range []struct {
-		name string
-		stop syscall.Signal
+	for _, from := range []struct {
+		layout, commit string
+		// flags the old agent needs besides today's common ones.
+		flags []string
 	}{
-		{"old agent stopped", syscall.SIGTERM},
-		{"old agent killed", syscall.SIGKILL},
+		{"v1", layoutV1Commit, nil},
+		// v2 has a metrics endpoint, on by default.
+		{"v2", layoutV2Commit, []string{"--metrics-addr="}},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testUpgrade(t, oldBin, tc.stop) })
+		t.Run(from.layout, func(t *testing.T) {
+			// A cold build cache makes this a full build of the old tree.
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+			defer cancel()
+			start := time.Now()
+			oldBin, err := testagent.BuildAt(ctx, "..", from.commit, t.TempDir())
+			if err != nil {
+				t.Fatalf("this test needs the repository's history (a full clone): %v", err)
+			}
+			t.Logf("built the agent at %.12s in %s", from.commit, time.Since(start).Round(time.Millisecond))
+
+			for _, tc := range []struct {
+				name string
+				stop syscall.Signal
+			}{
+				{"old agent stopped", syscall.SIGTERM},
+				{"old agent killed", syscall.SIGKILL},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					testUpgrade(t, oldAgent{bin: oldBin, layout: from.layout, flags: from.flags}, tc.stop)
+				})
+			}
+		})
 	}
 }
 
-func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
+// oldAgent is an agent binary of an older map layout.
+type oldAgent struct {
+	bin    string
+	layout string // "v1": its maps are named socklb_*_v1
+	flags  []string
+}
+
+func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
+	oldSvcMap := "socklb_svc_" + from.layout
+	newSvcMap := socklb.BpfMapSocklbSvcV3
 	e := newAgentEnv(t, servicesYAML(1, 2, 3))
 	e.pods(t, 3, 8080)
-	oldCmd := e.agentCmd("run", "--services-file="+e.servicesFile, "--min-sync-interval=10ms", "--health-addr=")
-	oldCmd.Path, oldCmd.Args[0] = oldBin, oldBin
+	args := append([]string{"run", "--services-file=" + e.servicesFile, "--min-sync-interval=10ms", "--health-addr="}, from.flags...)
+	oldCmd := e.agentCmd(args...)
+	oldCmd.Path, oldCmd.Args[0] = from.bin, from.bin
 	old := testagent.Start(t, oldCmd, nil)
 	old.WaitLog(t, "maps synced", 15*time.Second)
 
 	pins := pinNames(t, e.bpffs)
-	if !slices.Contains(pins, "socklb_svc_v1") || slices.Contains(pins, "socklb_svc_v2") {
-		t.Fatalf("the old agent pinned %v; want the v1 layout", pins)
+	if !slices.Contains(pins, oldSvcMap) || slices.Contains(pins, newSvcMap) {
+		t.Fatalf("the old agent pinned %v; want the %s layout", pins, from.layout)
 	}
 	linksBefore := pinnedLinks(t, e.bpffs)
-	v1Service := pinnedMapID(t, filepath.Join(e.bpffs, "socklb_svc_v1"))
+	oldService := pinnedMapID(t, filepath.Join(e.bpffs, oldSvcMap))
 
 	c := startClients(t, e, "old agent", "198.19.0.10:80", "pod-1", "pod-2", "pod-3")
 	time.Sleep(300 * time.Millisecond)
@@ -87,8 +122,8 @@ func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
 	if got := pinnedLinks(t, e.bpffs); !maps.Equal(got, linksBefore) {
 		t.Errorf("the hooks switched before the new maps were filled: links %v, before %v", got, linksBefore)
 	}
-	if pins := pinNames(t, e.bpffs); !slices.Contains(pins, "socklb_svc_v1") || !slices.Contains(pins, "socklb_svc_v2") {
-		t.Errorf("while waiting, pinned %v; want the v1 maps serving and the v2 maps ready", pins)
+	if pins := pinNames(t, e.bpffs); !slices.Contains(pins, oldSvcMap) || !slices.Contains(pins, newSvcMap) {
+		t.Errorf("while waiting, pinned %v; want the %s maps serving and the new maps ready", pins, from.layout)
 	}
 
 	c.phase("new agent syncing")
@@ -107,7 +142,7 @@ func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
 
 	c.check(t)
 
-	// Every pin is of the current objects; the v1 maps are gone.
+	// Every pin is of the current objects; the old maps are gone.
 	spec, err := socklb.LoadBpf()
 	if err != nil {
 		t.Fatal(err)
@@ -122,12 +157,18 @@ func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
 		want = append(want, name)
 	}
 	slices.Sort(want)
-	if got := pinNames(t, e.bpffs); !slices.Equal(got, want) {
+	got := pinNames(t, e.bpffs)
+	if !slices.Equal(got, want) {
 		t.Errorf("pinned after the upgrade: %v\nwant exactly the current objects: %v", got, want)
 	}
+	for _, name := range got {
+		if strings.HasPrefix(name, "socklb_") && !strings.HasSuffix(name, "_v3") {
+			t.Errorf("map %s of another layout is still pinned", name)
+		}
+	}
 
-	// connect4's link is the old one, now running a new program that
-	// reads the v2 service map.
+	// Every link the old agent pinned is still there, now running a new
+	// program; connect4's reads the new service map.
 	linksAfter := pinnedLinks(t, e.bpffs)
 	for name, before := range linksBefore {
 		after, ok := linksAfter[name]
@@ -140,15 +181,15 @@ func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
 			t.Errorf("%s still runs program %d of the old agent", name, before.prog)
 		}
 	}
-	v2Service := pinnedMapID(t, filepath.Join(e.bpffs, "socklb_svc_v2"))
-	if ids := programMaps(t, linksAfter["link_sock4_connect"].prog); !slices.Contains(ids, v2Service) || slices.Contains(ids, v1Service) {
-		t.Errorf("connect4 reads maps %v; want the v2 service map %d and not the v1 one %d", ids, v2Service, v1Service)
+	newService := pinnedMapID(t, filepath.Join(e.bpffs, newSvcMap))
+	if ids := programMaps(t, linksAfter["link_sock4_connect"].prog); !slices.Contains(ids, newService) || slices.Contains(ids, oldService) {
+		t.Errorf("connect4 reads maps %v; want the new service map %d and not the %s one %d", ids, newService, from.layout, oldService)
 	}
-	// Nothing holds the v1 maps any more; the kernel frees them (after an
+	// Nothing holds the old maps any more; the kernel frees them (after an
 	// RCU grace period).
 	deadline = time.Now().Add(10 * time.Second)
 	for {
-		m, err := ebpf.NewMapFromID(v1Service)
+		m, err := ebpf.NewMapFromID(oldService)
 		if errors.Is(err, os.ErrNotExist) {
 			break
 		}
@@ -156,7 +197,7 @@ func testUpgrade(t *testing.T, oldBin string, stop syscall.Signal) {
 			m.Close()
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("the v1 service map %d still exists: %v", v1Service, err)
+			t.Errorf("the %s service map %d still exists: %v", from.layout, oldService, err)
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

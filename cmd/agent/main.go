@@ -180,7 +180,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the agent's version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "socklb-agent %s (map layout v2)\n", version)
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "socklb-agent %s (map layout v3)\n", version)
 			return err
 		},
 	}

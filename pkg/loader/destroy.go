@@ -53,7 +53,7 @@ func (d *Datapath) DestroySockets(gone []maps.Departure, opts DestroyOptions) (i
 	if len(iters) == 0 {
 		return 0, ErrNoSockDestroy
 	}
-	m := d.Maps.SocklbGoneV2
+	m := d.Maps.SocklbGoneV3
 	mark := byte(1)
 	for _, g := range gone {
 		k := socklb.BpfDeparture{RevNatId: uint32(g.RevNATID), BackendId: uint32(g.Backend)}

@@ -157,10 +157,10 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 		return nil, fmt.Errorf("read bpf objects: %w", err)
 	}
 	if opts.MaxServiceEntries != 0 {
-		spec.Maps[socklb.BpfMapSocklbSvcV2].MaxEntries = opts.MaxServiceEntries
+		spec.Maps[socklb.BpfMapSocklbSvcV3].MaxEntries = opts.MaxServiceEntries
 	}
 	if opts.MaxBackends != 0 {
-		spec.Maps[socklb.BpfMapSocklbBeV2].MaxEntries = opts.MaxBackends
+		spec.Maps[socklb.BpfMapSocklbBeV3].MaxEntries = opts.MaxBackends
 	}
 	feats := ProbeFeatures()
 	logFeatures(log, feats)

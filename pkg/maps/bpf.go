@@ -13,11 +13,11 @@ import (
 // the caller closes m.
 func New(m *socklb.BpfMaps) Maps {
 	return &store{
-		svc:   ebpfTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{m.SocklbSvcV2},
-		be:    ebpfTable[uint32, socklb.BpfBackend]{m.SocklbBeV2},
-		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV2},
-		aff:   ebpfTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{m.SocklbAffV2},
-		cnt:   percpuCounters{m.SocklbCntV2},
+		svc:   ebpfTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{m.SocklbSvcV3},
+		be:    ebpfTable[uint32, socklb.BpfBackend]{m.SocklbBeV3},
+		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV3},
+		aff:   ebpfTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{m.SocklbAffV3},
+		cnt:   percpuCounters{m.SocklbCntV3},
 	}
 }
 
@@ -34,12 +34,12 @@ func (t ebpfTable[K, V]) lookup(k K) (V, bool, error) {
 
 func (t ebpfTable[K, V]) put(k K, v V) error { return t.m.Update(&k, &v, ebpf.UpdateAny) }
 
-func (t ebpfTable[K, V]) create(k K, v V) error {
+func (t ebpfTable[K, V]) create(k K, v V) (bool, error) {
 	err := t.m.Update(&k, &v, ebpf.UpdateNoExist)
 	if errors.Is(err, ebpf.ErrKeyExist) {
-		return nil
+		return true, nil
 	}
-	return err
+	return false, err
 }
 
 func (t ebpfTable[K, V]) remove(k K) error {

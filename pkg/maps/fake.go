@@ -76,16 +76,15 @@ func (f *Fake) Lookup(fe Frontend, n uint32) (b Backend, ok bool, err error) {
 	if !ok {
 		return Backend{}, true, fmt.Errorf("%s: live slot %d missing", fe, k.Slot)
 	}
-	v, ok := f.be[slot.BackendId]
-	if !ok {
-		return Backend{}, true, fmt.Errorf("%s: backend %d missing", fe, slot.BackendId)
-	}
+	// Like the program, only the slot is read: its copy of the backend is
+	// where the connect goes.
 	c.Connects++
-	return Backend{Addr: beToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}, true, nil
+	return toBackend(slot.Backend), true, nil
 }
 
 // CheckConsistent reports every live entry whose slots or backends a reader
-// could fail to find.
+// could fail to find, and every live slot whose copy of its backend is not
+// the backend its id names.
 func (f *Fake) CheckConsistent() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -102,8 +101,14 @@ func (f *Fake) CheckConsistent() error {
 				errs = append(errs, fmt.Errorf("%s: live slot %d missing", keyFrontend(k), sk.Slot))
 				continue
 			}
-			if _, ok := f.be[slot.BackendId]; !ok {
+			be, ok := f.be[slot.BackendId]
+			if !ok {
 				errs = append(errs, fmt.Errorf("%s: backend %d missing", keyFrontend(k), slot.BackendId))
+				continue
+			}
+			if slot.Backend != be {
+				errs = append(errs, fmt.Errorf("%s: slot %d holds %s, but backend %d is %s",
+					keyFrontend(k), sk.Slot, toBackend(slot.Backend), slot.BackendId, toBackend(be)))
 			}
 		}
 	}
@@ -159,14 +164,17 @@ func (t memTable[K, V]) put(k K, v V) error {
 	return nil
 }
 
-func (t memTable[K, V]) create(k K, v V) error {
+func (t memTable[K, V]) create(k K, v V) (bool, error) {
 	t.f.mu.Lock()
-	if _, ok := t.m[k]; !ok {
+	_, existed := t.m[k]
+	if !existed {
 		t.m[k] = v
 	}
 	t.f.mu.Unlock()
-	t.f.wrote()
-	return nil
+	if !existed {
+		t.f.wrote()
+	}
+	return existed, nil
 }
 
 func (t memTable[K, V]) remove(k K) error {

@@ -1,5 +1,6 @@
 // Package maps is the typed Go API over socklb's BPF maps: the service map
-// (Cilium-style slots), the backend map, per-CPU counters and frontend names.
+// (Cilium-style slots, each backend slot with a copy of its backend), the
+// backend map, per-CPU counters and frontend names.
 // It owns the map contract's byte order and the double-buffered publish that
 // lets readers never see a mix of two backend sets. The same logic runs over
 // the kernel's maps (New) and over an in-memory fake (NewFake).
@@ -39,6 +40,13 @@ var (
 	ErrTooManyBackends = errors.New("too many backends for one service")
 	// ErrUnsupported: the address or protocol cannot be programmed.
 	ErrUnsupported = errors.New("unsupported frontend or backend")
+	// ErrBackendChanged: a backend id in use was given another backend.
+	// Service slots hold copies of their backends, so an id's backend
+	// is fixed until the id is deleted.
+	ErrBackendChanged = errors.New("backend id already holds another backend")
+	// ErrUnknownBackend: a service lists a backend id that is not in the
+	// backend map.
+	ErrUnknownBackend = errors.New("unknown backend id")
 )
 
 // Frontend is a service address as the programs look it up.
@@ -99,13 +107,18 @@ type Counters struct {
 // Maps is what the reconciler writes through. Every method is idempotent;
 // deleting what is not there is success.
 type Maps interface {
-	// UpsertBackend creates or replaces a backend.
+	// UpsertBackend creates a backend; writing the same backend again is
+	// success. The slots of published services hold copies of their
+	// backends, so an id keeps its backend until DeleteBackend: another
+	// backend for an existing id is ErrBackendChanged.
 	UpsertBackend(id BackendID, b Backend) error
 	// DeleteBackend removes a backend.
 	DeleteBackend(id BackendID) error
 	// PublishService makes s's backend set live in one step: a reader sees
-	// either the old set or the new one, never a mix. Affinity entries
-	// that point at a backend no longer in the set are dropped.
+	// either the old set or the new one, never a mix. Every backend must
+	// exist (ErrUnknownBackend otherwise): each slot gets a copy of it.
+	// Affinity entries that point at a backend no longer in the set are
+	// dropped.
 	PublishService(s Service) error
 	// DeleteService removes a frontend, its slots, counters, name and
 	// affinity entries.

@@ -250,3 +250,135 @@ func TestAffinityEntriesFollowTheBackendSet(t *testing.T) {
 		t.Error("another frontend's affinity was dropped")
 	}
 }
+
+func TestSlotsCarryACopyOfTheirBackend(t *testing.T) {
+	f := NewFake()
+	_ = f.UpsertBackend(1, be1)
+	_ = f.UpsertBackend(2, be2)
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{2, 1}})
+	k, _ := frontendKey(vip, 0)
+	for i, want := range []struct {
+		id BackendID
+		b  Backend
+	}{{2, be2}, {1, be1}} {
+		k.Slot = f.svc[k].Base + uint16(i) + 1
+		slot := f.svc[k]
+		if BackendID(slot.BackendId) != want.id || toBackend(slot.Backend) != want.b {
+			t.Errorf("slot %d = id %d, %s; want id %d, %s", k.Slot, slot.BackendId, toBackend(slot.Backend), want.id, want.b)
+		}
+	}
+	if err := f.CheckConsistent(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Lookup reads the slot alone, as the program does: what the backend
+	// map says does not matter to it, and CheckConsistent catches a copy
+	// that disagrees.
+	f.be[1] = socklb.BpfBackend{Addr: addrToBE(be3.Addr), Port: portToBE16(be3.Port), Proto: be3.Proto}
+	if b, _, err := f.Lookup(vip, 1); err != nil || b != be1 {
+		t.Errorf("lookup = %s, %v; want the slot's copy %s", b, err, be1)
+	}
+	if err := f.CheckConsistent(); err == nil {
+		t.Error("a slot whose copy differs from its backend passed CheckConsistent")
+	}
+	delete(f.be, 1)
+	if err := f.CheckConsistent(); err == nil {
+		t.Error("a slot whose backend is gone passed CheckConsistent")
+	}
+}
+
+func TestUpsertBackendNeverChangesALiveID(t *testing.T) {
+	f := NewFake()
+	if err := f.UpsertBackend(1, be1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.UpsertBackend(1, be1); err != nil {
+		t.Errorf("writing the same backend again: %v", err)
+	}
+	if err := f.UpsertBackend(1, be2); !errors.Is(err, ErrBackendChanged) {
+		t.Errorf("another backend for id 1: %v, want ErrBackendChanged", err)
+	}
+	// Without the cache (a restarted agent), the map itself says no.
+	f.bes = nil
+	if err := f.UpsertBackend(1, be2); !errors.Is(err, ErrBackendChanged) {
+		t.Errorf("another backend for id 1, not cached: %v, want ErrBackendChanged", err)
+	}
+	if bes, _ := f.Backends(); bes[1] != be1 {
+		t.Errorf("backend 1 = %s, want it unchanged: %s", bes[1], be1)
+	}
+	// A deleted id is free again.
+	if err := f.DeleteBackend(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.UpsertBackend(1, be2); err != nil {
+		t.Errorf("reusing a deleted id: %v", err)
+	}
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1}})
+	if b, _, err := f.Lookup(vip, 0); err != nil || b != be2 {
+		t.Errorf("lookup = %s, %v; want %s", b, err, be2)
+	}
+}
+
+// countingTable counts the lookups that reach a table.
+type countingTable[K comparable, V any] struct {
+	table[K, V]
+	lookups *int
+}
+
+func (c countingTable[K, V]) lookup(k K) (V, bool, error) {
+	*c.lookups++
+	return c.table.lookup(k)
+}
+
+func TestPublishReadsBackendsFromTheCache(t *testing.T) {
+	f := NewFake()
+	var lookups int
+	f.store.be = countingTable[uint32, socklb.BpfBackend]{f.store.be, &lookups}
+	for i, b := range []Backend{be1, be2, be3} {
+		if err := f.UpsertBackend(BackendID(i+1), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1, 2, 3}})
+	if lookups != 0 {
+		t.Errorf("publishing backends this store wrote read the backend map %d times", lookups)
+	}
+
+	// A restarted agent: Backends (which Restore calls) fills the cache.
+	f.bes = nil
+	if _, err := f.Backends(); err != nil {
+		t.Fatal(err)
+	}
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{3, 2}})
+	if lookups != 0 {
+		t.Errorf("after Backends, a publish read the backend map %d times", lookups)
+	}
+
+	// Without it, each backend is read once.
+	f.bes = nil
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1, 2}})
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{2, 1}})
+	if lookups != 2 {
+		t.Errorf("uncached backends were read %d times, want 2 (once each)", lookups)
+	}
+	if err := f.CheckConsistent(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPublishRefusesAnUnknownBackend(t *testing.T) {
+	f := NewFake()
+	_ = f.UpsertBackend(1, be1)
+	mustPublish(t, f, Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1}})
+	err := f.PublishService(Service{Frontend: vip, RevNATID: 1, Backends: []BackendID{1, 9}})
+	if !errors.Is(err, ErrUnknownBackend) {
+		t.Fatalf("publishing backend 9, which does not exist: %v, want ErrUnknownBackend", err)
+	}
+	// Nothing was written: the live set is untouched, no slot is left over.
+	if got := backendsOf(t, f, vip); len(got) != 1 || got[0] != be1 {
+		t.Errorf("live set after the refused publish: %v", got)
+	}
+	if svc, _ := f.Len(); svc != 2 {
+		t.Errorf("%d service map entries, want 2 (entry and one slot)", svc)
+	}
+}

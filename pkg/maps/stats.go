@@ -64,14 +64,14 @@ func MapUsage(m *socklb.BpfMaps) ([]Usage, error) {
 		m     *ebpf.Map
 		count func(*ebpf.Map) (int, error)
 	}{
-		{m.SocklbSvcV2, countBatch[socklb.BpfSvcKey, socklb.BpfSvcValue]},
-		{m.SocklbBeV2, countBatch[uint32, socklb.BpfBackend]},
+		{m.SocklbSvcV3, countBatch[socklb.BpfSvcKey, socklb.BpfSvcValue]},
+		{m.SocklbBeV3, countBatch[uint32, socklb.BpfBackend]},
 		// Per-CPU values do not batch as plain slices; this map has one
 		// entry per frontend, not per backend slot.
-		{m.SocklbCntV2, countKeys},
-		{m.SocklbNameV2, countBatch[uint32, socklb.BpfSvcName]},
-		{m.SocklbAffV2, countBatch[socklb.BpfAffinityKey, socklb.BpfAffinityValue]},
-		{m.SocklbGoneV2, countBatch[socklb.BpfDeparture, uint8]},
+		{m.SocklbCntV3, countKeys},
+		{m.SocklbNameV3, countBatch[uint32, socklb.BpfSvcName]},
+		{m.SocklbAffV3, countBatch[socklb.BpfAffinityKey, socklb.BpfAffinityValue]},
+		{m.SocklbGoneV3, countBatch[socklb.BpfDeparture, uint8]},
 	}
 	out := make([]Usage, 0, len(counters))
 	var errs []error

@@ -3,6 +3,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/socklb/socklb"
 )
@@ -12,8 +13,9 @@ import (
 type table[K comparable, V any] interface {
 	lookup(k K) (v V, ok bool, err error)
 	put(k K, v V) error
-	// create writes k only if it is absent; an existing k is success.
-	create(k K, v V) error
+	// create writes k only if it is absent and reports whether k was
+	// there already, in which case nothing is written.
+	create(k K, v V) (existed bool, err error)
 	// remove deletes k; a missing k is success.
 	remove(k K) error
 	// all returns a snapshot of every entry.
@@ -35,6 +37,16 @@ type store struct {
 	names table[uint32, socklb.BpfSvcName]
 	aff   table[socklb.BpfAffinityKey, socklb.BpfAffinityValue]
 	cnt   counterTable
+
+	// bes mirrors what this store wrote to (and read from) the backend
+	// map, so that a publish copies each backend into its slot without a
+	// syscall per backend. An id's value never changes while it exists
+	// (see UpsertBackend), so an entry is right until DeleteBackend. A
+	// miss (an id written before a restart that Backends has not read)
+	// falls back to the map. mu guards bes alone: one goroutine writes,
+	// but Backends may be read from another.
+	mu  sync.Mutex
+	bes map[uint32]socklb.BpfBackend
 }
 
 var (
@@ -56,29 +68,100 @@ func keyFrontend(k socklb.BpfSvcKey) Frontend {
 	return Frontend{Addr: beToAddr(k.Addr), Port: be16ToPort(k.Port), Proto: k.Proto}
 }
 
+func toBackend(v socklb.BpfBackend) Backend {
+	return Backend{Addr: beToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}
+}
+
+// UpsertBackend creates the backend only if the id is free, so that it can
+// never change the backend behind the copies in published slots; an id
+// that holds the same backend already is left as it is.
 func (s *store) UpsertBackend(id BackendID, b Backend) error {
 	if !b.Addr.IsValid() || b.Addr.Zone() != "" {
 		return fmt.Errorf("backend %d (%s): address: %w", id, b, ErrUnsupported)
 	}
 	v := socklb.BpfBackend{Addr: addrToBE(b.Addr), Port: portToBE16(b.Port), Proto: b.Proto}
-	if err := s.be.put(uint32(id), v); err != nil {
+	if old, ok := s.cached(uint32(id)); ok && old != v {
+		return fmt.Errorf("write backend %d (%s): holds %s: %w", id, b, toBackend(old), ErrBackendChanged)
+	}
+	existed, err := s.be.create(uint32(id), v)
+	if err != nil {
 		return fmt.Errorf("write backend %d (%s): %w", id, b, err)
 	}
+	if existed {
+		old, ok, err := s.be.lookup(uint32(id))
+		if err != nil {
+			return fmt.Errorf("write backend %d (%s): read it: %w", id, b, err)
+		}
+		if ok && old != v {
+			s.cache(uint32(id), old)
+			return fmt.Errorf("write backend %d (%s): holds %s: %w", id, b, toBackend(old), ErrBackendChanged)
+		}
+		if !ok {
+			// Deleted since create looked: there is one writer, so
+			// only by hand (bpftool).
+			if err := s.be.put(uint32(id), v); err != nil {
+				return fmt.Errorf("write backend %d (%s): %w", id, b, err)
+			}
+		}
+	}
+	s.cache(uint32(id), v)
 	return nil
 }
 
+// DeleteBackend forgets the cached value first: after a failed delete the
+// map may or may not hold the id, and a miss rereads it.
 func (s *store) DeleteBackend(id BackendID) error {
+	s.mu.Lock()
+	delete(s.bes, uint32(id))
+	s.mu.Unlock()
 	if err := s.be.remove(uint32(id)); err != nil {
 		return fmt.Errorf("delete backend %d: %w", id, err)
 	}
 	return nil
 }
 
-// PublishService writes the new backend ids into the half of the slot range
-// that the live entry does not use, replaces the entry (one element update,
-// which readers see whole), then deletes the old half. A reader holding the
-// old entry still finds the old slots until that last step, and the program
-// rereads the entry when a slot has gone.
+func (s *store) cached(id uint32) (socklb.BpfBackend, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.bes[id]
+	return v, ok
+}
+
+func (s *store) cache(id uint32, v socklb.BpfBackend) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bes == nil {
+		s.bes = make(map[uint32]socklb.BpfBackend)
+	}
+	s.bes[id] = v
+}
+
+// backendValues returns the backend of each id, for the slots; ids not in
+// the cache are read from the backend map.
+func (s *store) backendValues(ids []BackendID) ([]socklb.BpfBackend, error) {
+	out := make([]socklb.BpfBackend, len(ids))
+	for i, id := range ids {
+		v, ok := s.cached(uint32(id))
+		if !ok {
+			var err error
+			if v, ok, err = s.be.lookup(uint32(id)); err != nil {
+				return nil, fmt.Errorf("read backend %d: %w", id, err)
+			}
+			if !ok {
+				return nil, fmt.Errorf("backend %d: %w", id, ErrUnknownBackend)
+			}
+			s.cache(uint32(id), v)
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// PublishService writes the new backends (id and copy) into the half of the
+// slot range that the live entry does not use, replaces the entry (one
+// element update, which readers see whole), then deletes the old half. A
+// reader holding the old entry still finds the old slots until that last
+// step, and the program rereads the entry when a slot has gone.
 func (s *store) PublishService(svc Service) error {
 	if len(svc.Backends) > MaxBackendsPerService {
 		return fmt.Errorf("publish %s: %d backends: %w", svc.Frontend, len(svc.Backends), ErrTooManyBackends)
@@ -86,6 +169,11 @@ func (s *store) PublishService(svc Service) error {
 	entryKey, err := frontendKey(svc.Frontend, 0)
 	if err != nil {
 		return fmt.Errorf("publish: %w", err)
+	}
+	// Every backend is found before anything is written.
+	bes, err := s.backendValues(svc.Backends)
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", svc.Frontend, err)
 	}
 	old, live, err := s.svc.lookup(entryKey)
 	if err != nil {
@@ -98,7 +186,7 @@ func (s *store) PublishService(svc Service) error {
 	for i, id := range svc.Backends {
 		k := entryKey
 		k.Slot = base + uint16(i) + 1
-		if err := s.svc.put(k, socklb.BpfSvcValue{BackendId: uint32(id)}); err != nil {
+		if err := s.svc.put(k, socklb.BpfSvcValue{BackendId: uint32(id), Backend: bes[i]}); err != nil {
 			return fmt.Errorf("publish %s: write slot %d: %w", svc.Frontend, k.Slot, err)
 		}
 	}
@@ -252,6 +340,8 @@ func (s *store) Services() ([]Service, error) {
 	return out, nil
 }
 
+// Backends also refills the cache from what it read: a restarted agent
+// restores from here, and its publishes then find every backend cached.
 func (s *store) Backends() (map[BackendID]Backend, error) {
 	all, err := s.be.all()
 	if err != nil {
@@ -259,8 +349,11 @@ func (s *store) Backends() (map[BackendID]Backend, error) {
 	}
 	out := make(map[BackendID]Backend, len(all))
 	for id, v := range all {
-		out[BackendID(id)] = Backend{Addr: beToAddr(v.Addr), Port: be16ToPort(v.Port), Proto: v.Proto}
+		out[BackendID(id)] = toBackend(v)
 	}
+	s.mu.Lock()
+	s.bes = all
+	s.mu.Unlock()
 	return out, nil
 }
 

@@ -46,7 +46,7 @@ func TestDatapathCountersSumFrontendsOfOnePort(t *testing.T) {
 
 	features := []loader.Feature{{Name: "bpf_sock_destroy", Available: true}, {Name: "old thing", Available: false}}
 	usage := func() ([]maps.Usage, error) {
-		return []maps.Usage{{Map: "socklb_svc_v2", Entries: 5, MaxEntries: 20}}, nil
+		return []maps.Usage{{Map: "socklb_svc_v3", Entries: 5, MaxEntries: 20}}, nil
 	}
 	d := NewDatapath(f, usage, features, slog.New(slog.DiscardHandler))
 	want := `
@@ -60,7 +60,7 @@ socklb_service_no_backend_refusals_total{namespace="shop",port="",service="db"} 
 socklb_service_no_backend_refusals_total{namespace="shop",port="http",service="web"} 0
 # HELP socklb_map_fill_ratio Entries over capacity of a BPF map; writes fail at 1.
 # TYPE socklb_map_fill_ratio gauge
-socklb_map_fill_ratio{map="socklb_svc_v2"} 0.25
+socklb_map_fill_ratio{map="socklb_svc_v3"} 0.25
 # HELP socklb_kernel_feature_available 1 if the running kernel has the feature, as probed at start.
 # TYPE socklb_kernel_feature_available gauge
 socklb_kernel_feature_available{feature="bpf_sock_destroy"} 1

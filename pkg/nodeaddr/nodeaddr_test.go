@@ -28,8 +28,8 @@ type started struct {
 	// notified is the address list as OnChange last saw it: Addresses
 	// changes before OnChange runs, so only this says the call was made.
 	notified atomic.Pointer[[]netip.Addr]
-	cancel  context.CancelFunc
-	done    chan error // Run's result
+	cancel   context.CancelFunc
+	done     chan error // Run's result
 }
 
 // start runs a Watcher on opts until stop or the end of the test.

@@ -161,8 +161,8 @@ func run() (err error) {
 		return err
 	}
 	if bpftool, err := exec.LookPath("bpftool"); err == nil {
-		step("bpftool map dump pinned " + filepath.Join(bpffs, "socklb_be_v2"))
-		if err := show(bpftool, "map", "dump", "pinned", filepath.Join(bpffs, "socklb_be_v2")); err != nil {
+		step("bpftool map dump pinned " + filepath.Join(bpffs, "socklb_be_v3"))
+		if err := show(bpftool, "map", "dump", "pinned", filepath.Join(bpffs, "socklb_be_v3")); err != nil {
 			return err
 		}
 	}

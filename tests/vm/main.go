@@ -26,7 +26,7 @@ import (
 // guestSkip are the tests that cannot run in a VM, and why; they run
 // natively, and the report lists them.
 var guestSkip = map[string]string{
-	"TestPrivilegedAgentUpgradeFromMapLayoutV1": "builds the v1 agent from the repository's history with git and go, which the VM has not",
+	"TestPrivilegedAgentUpgradeFromOlderMapLayouts": "builds the v1 and v2 agents from the repository's history with git and go, which the VM has not",
 }
 
 // errFailed: a kernel failed; the report already says how.

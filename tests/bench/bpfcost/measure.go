@@ -300,10 +300,10 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 			}
 		}
 		// The same sizes as the pinned maps, which the variant shares.
-		if ms := vs.Maps[socklb.BpfMapSocklbSvcV2]; ms != nil {
+		if ms := vs.Maps[socklb.BpfMapSocklbSvcV3]; ms != nil {
 			ms.MaxEntries = res.svcEntries
 		}
-		if ms := vs.Maps[socklb.BpfMapSocklbBeV2]; ms != nil {
+		if ms := vs.Maps[socklb.BpfMapSocklbBeV3]; ms != nil {
 			ms.MaxEntries = res.beEntries
 		}
 		coll, err := ebpf.NewCollectionWithOptions(vs, ebpf.CollectionOptions{

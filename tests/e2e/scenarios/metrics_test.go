@@ -81,8 +81,8 @@ func TestPrivilegedReadinessAndMetrics(t *testing.T) {
 		{"socklb_frontends_programmed", nil, 1},
 		{"socklb_backends_programmed", nil, 2},
 		{"socklb_sync_duration_seconds", nil, 1}, // the histogram's count
-		{"socklb_map_fill_ratio", map[string]string{"map": "socklb_svc_v2"}, 1e-9},
-		{"socklb_map_entries", map[string]string{"map": "socklb_be_v2"}, 2},
+		{"socklb_map_fill_ratio", map[string]string{"map": "socklb_svc_v3"}, 1e-9},
+		{"socklb_map_entries", map[string]string{"map": "socklb_be_v3"}, 2},
 		{"socklb_kernel_feature_available", nil, 0},
 		{"socklb_build_info", nil, 1},
 	} {
@@ -105,8 +105,8 @@ func TestPrivilegedReadinessAndMetrics(t *testing.T) {
 		}
 	}
 	for mapName, want := range map[string]int{
-		"socklb_svc_v2": svcEntries, "socklb_be_v2": len(backends),
-		"socklb_name_v2": len(rows), "socklb_cnt_v2": len(rows),
+		"socklb_svc_v3": svcEntries, "socklb_be_v3": len(backends),
+		"socklb_name_v3": len(rows), "socklb_cnt_v3": len(rows),
 	} {
 		if got := value(m, "socklb_map_entries", map[string]string{"map": mapName}); got != float64(want) {
 			t.Errorf("socklb_map_entries{map=%q} = %v, want %v", mapName, got, want)
