@@ -10,8 +10,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-
-	"github.com/socklb/socklb/internal/sandbox"
 )
 
 func attachedTo(t *testing.T, cgroup string, at ebpf.AttachType) []link.ID {
@@ -47,11 +45,7 @@ func mustPrepare(t *testing.T, opts Options) *Datapath {
 // says the maps are in use only when programs attached by an earlier
 // Attach read them.
 func TestPrivilegedPrepareLeavesTheHooksAlone(t *testing.T) {
-	sandbox.RequirePrivileges(t)
-	cg := sandbox.NewCgroup(t)
-	dir := filepath.Join(sandbox.MountBPFFS(t), "socklb")
-	opts := Options{BPFFSPath: dir, CgroupPath: cg.Path()}
-	t.Cleanup(func() { _ = Cleanup(dir, nil) })
+	opts, cg, _ := privilegedOptions(t)
 
 	// First start: new maps, nothing attached until Attach.
 	dp := mustPrepare(t, opts)
@@ -107,11 +101,7 @@ func TestPrivilegedPrepareLeavesTheHooksAlone(t *testing.T) {
 // the maps out of use until an Attach has switched every hook; then they
 // are detached and unpinned.
 func TestPrivilegedAttachRemovesAnOlderVersion(t *testing.T) {
-	sandbox.RequirePrivileges(t)
-	cg := sandbox.NewCgroup(t)
-	dir := filepath.Join(sandbox.MountBPFFS(t), "socklb")
-	opts := Options{BPFFSPath: dir, CgroupPath: cg.Path()}
-	t.Cleanup(func() { _ = Cleanup(dir, nil) })
+	opts, cg, dir := privilegedOptions(t)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}

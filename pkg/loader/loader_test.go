@@ -29,6 +29,17 @@ func attachedPrograms(t *testing.T, cgroup string) []link.AttachedProgram {
 	return res.Programs
 }
 
+// privilegedOptions gives a test its own child cgroup and bpffs, and
+// detaches and unpins what it leaves there.
+func privilegedOptions(t *testing.T) (opts Options, cg *sandbox.Cgroup, dir string) {
+	t.Helper()
+	sandbox.RequirePrivileges(t)
+	cg = sandbox.NewCgroup(t)
+	dir = filepath.Join(sandbox.MountBPFFS(t), "socklb")
+	t.Cleanup(func() { _ = Cleanup(dir, nil) })
+	return Options{BPFFSPath: dir, CgroupPath: cg.Path()}, cg, dir
+}
+
 func mustLoad(t *testing.T, opts Options) *Datapath {
 	t.Helper()
 	dp, err := Load(opts)
@@ -39,11 +50,7 @@ func mustLoad(t *testing.T, opts Options) *Datapath {
 }
 
 func TestPrivilegedPinsSurviveAndAreReused(t *testing.T) {
-	sandbox.RequirePrivileges(t)
-	cg := sandbox.NewCgroup(t)
-	dir := filepath.Join(sandbox.MountBPFFS(t), "socklb")
-	opts := Options{BPFFSPath: dir, CgroupPath: cg.Path()}
-	t.Cleanup(func() { _ = Cleanup(dir, nil) })
+	opts, cg, dir := privilegedOptions(t)
 
 	dp := mustLoad(t, opts)
 	be := maps.Backend{Addr: netip.MustParseAddr("198.18.0.1"), Port: 80, Proto: maps.ProtoTCP}
