@@ -10,16 +10,34 @@ IMAGE := bin/socklb-agent-image.tar
 # tree gives the same image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: help generate verify-generated build image test test-deps unit-test lint demo clean deps-clang e2e-bin e2e bench
+.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin e2e bench
 
 help: ## this menu
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-deps-clang: ## install Debian's clang-19, llvm-19 and libbpf headers if missing
-	@if ! command -v $(CLANG) >/dev/null || ! command -v llvm-strip-19 >/dev/null || [ ! -e /usr/include/bpf/bpf_helpers.h ]; then \
-		echo "installing clang-19 llvm-19 libbpf-dev linux-libc-dev"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 llvm-19 libbpf-dev linux-libc-dev >/dev/null; \
+# Debian packages: CLANG_PKGS build bpf/; DEPS_PKGS is everything the build,
+# the tests (iptables-save, nft and conntrack for kube-proxy parity, bpftool,
+# ip, nsenter/unshare) and the demo (bpftool) run.
+CLANG_PKGS := clang-19 llvm-19 libbpf-dev linux-libc-dev
+DEPS_PKGS := $(CLANG_PKGS) bpftool iproute2 util-linux iptables nftables conntrack
+
+# apt-install: install those of the Debian packages $(1) that are not
+# installed yet, with one `apt-get update` first; nothing when none is missing.
+define apt-install
+	@missing=""; for p in $(1); do \
+		dpkg-query -W -f='$${db:Status-Status}' "$$p" 2>/dev/null | grep -qx installed || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+deps: ## install the Debian packages the build, tests and demo need, if missing (root)
+	$(call apt-install,$(DEPS_PKGS))
+
+deps-clang: ## install only Debian's clang-19, llvm-19 and libbpf headers, if missing (generate needs no more)
+	$(call apt-install,$(CLANG_PKGS))
 
 generate: deps-clang ## rebuild bpf_bpfel.go/.o from bpf/ with clang-19 (-Wall -Werror)
 	$(GO) generate ./
@@ -85,7 +103,7 @@ vm-test: deps-vm build ## privileged tests on Debian's 6.1 and 6.12 kernels unde
 bench: build e2e-bin ## socklb vs kube-proxy (iptables, nftables) vs direct; QUICK=1 for a short run (root)
 	$(GO) run ./tests/bench --agent $(BIN) $(if $(QUICK),--quick) $(BENCHFLAGS)
 
-demo: build ## show ClusterIP balancing in a private netns and child cgroup, then clean up
+demo: deps build ## show ClusterIP balancing in a private netns and child cgroup, then clean up
 	$(GO) run ./tests/demo --agent $(BIN) --services examples/demo.yaml
 
 clean: ## remove build output

@@ -52,6 +52,24 @@ type BpfSockState struct {
 	Flags       uint32
 }
 
+type BpfSocklbConsts uint32
+
+const (
+	BpfSocklbConstsSOCKLB_SLOT_HALF            BpfSocklbConsts = 32768
+	BpfSocklbConstsSOCKLB_MAX_BACKENDS_PER_SVC BpfSocklbConsts = 32767
+	BpfSocklbConstsSOCKLB_LOOKUP_ATTEMPTS      BpfSocklbConsts = 3
+	BpfSocklbConstsSOCKLB_NAME_LEN             BpfSocklbConsts = 128
+)
+
+type BpfSocklbSvcFlags uint32
+
+const (
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_AFFINITY BpfSocklbSvcFlags = 1
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_LOCAL    BpfSocklbSvcFlags = 2
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_NODEPORT BpfSocklbSvcFlags = 4
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_EXTERNAL BpfSocklbSvcFlags = 8
+)
+
 type BpfSvcCounters struct {
 	_        structs.HostLayout
 	Connects uint64
@@ -66,6 +84,12 @@ type BpfSvcKey struct {
 	Scope uint8
 	Slot  uint16
 	Pad   [2]uint8
+}
+
+type BpfSvcMember struct {
+	_         structs.HostLayout
+	RevNatId  uint32
+	BackendId uint32
 }
 
 type BpfSvcName struct {
@@ -93,6 +117,7 @@ const (
 	BpfMapSocklbBeV3        = "socklb_be_v3"
 	BpfMapSocklbCntV3       = "socklb_cnt_v3"
 	BpfMapSocklbGoneV3      = "socklb_gone_v3"
+	BpfMapSocklbMembV3      = "socklb_memb_v3"
 	BpfMapSocklbNameV3      = "socklb_name_v3"
 	BpfMapSocklbSockV3      = "socklb_sock_v3"
 	BpfMapSocklbSvcV3       = "socklb_svc_v3"
@@ -170,6 +195,7 @@ type BpfMapSpecs struct {
 	SocklbBeV3   *ebpf.MapSpec `ebpf:"socklb_be_v3"`
 	SocklbCntV3  *ebpf.MapSpec `ebpf:"socklb_cnt_v3"`
 	SocklbGoneV3 *ebpf.MapSpec `ebpf:"socklb_gone_v3"`
+	SocklbMembV3 *ebpf.MapSpec `ebpf:"socklb_memb_v3"`
 	SocklbNameV3 *ebpf.MapSpec `ebpf:"socklb_name_v3"`
 	SocklbSockV3 *ebpf.MapSpec `ebpf:"socklb_sock_v3"`
 	SocklbSvcV3  *ebpf.MapSpec `ebpf:"socklb_svc_v3"`
@@ -205,6 +231,7 @@ type BpfMaps struct {
 	SocklbBeV3   *ebpf.Map `ebpf:"socklb_be_v3"`
 	SocklbCntV3  *ebpf.Map `ebpf:"socklb_cnt_v3"`
 	SocklbGoneV3 *ebpf.Map `ebpf:"socklb_gone_v3"`
+	SocklbMembV3 *ebpf.Map `ebpf:"socklb_memb_v3"`
 	SocklbNameV3 *ebpf.Map `ebpf:"socklb_name_v3"`
 	SocklbSockV3 *ebpf.Map `ebpf:"socklb_sock_v3"`
 	SocklbSvcV3  *ebpf.Map `ebpf:"socklb_svc_v3"`
@@ -216,6 +243,7 @@ func (m *BpfMaps) Close() error {
 		m.SocklbBeV3,
 		m.SocklbCntV3,
 		m.SocklbGoneV3,
+		m.SocklbMembV3,
 		m.SocklbNameV3,
 		m.SocklbSockV3,
 		m.SocklbSvcV3,

@@ -20,7 +20,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
-	__uint(max_entries, 262144);
+	/* 25 000 Services of 10 endpoints (entries and slots), with room for
+	 * the second half that a publish writes next to the live one. */
+	__uint(max_entries, 524288);
 	/* Replaced elements are freed after an RCU grace period, so a
 	 * program never reads an element that is being reused. */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -53,6 +55,17 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } socklb_name_v3 SEC(".maps");
+
+/* One entry per backend of each frontend's live set (struct svc_member):
+ * as many as the service map's backend slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_member);
+	__type(value, __u8);
+	__uint(max_entries, 524288);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} socklb_memb_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -115,9 +128,14 @@ static __always_inline struct backend *lb_affinity(struct affinity_key *ak,
 
 /* lb_select picks a backend for key (slot 0) into *out and its id into
  * *out_id. It returns 0 on success, -ENOENT when the address is not a
- * service, -ECONNREFUSED when the service has no backend. Without
- * affinity a connect reads two elements of the service map (the entry and
- * a slot, which carries the backend) and the counters. */
+ * service, -ECONNREFUSED when the service has no backend. A slot that is
+ * gone by the time it is read means the agent republished the service
+ * between the two lookups; the entry is read again, up to
+ * SOCKLB_LOOKUP_ATTEMPTS times. Losing that race every time (the agent
+ * republishing the same service over and over, faster than a connect
+ * runs) also refuses, and is counted as refused: there was no backend to
+ * pick. Without affinity a connect reads two elements of the service map
+ * (the entry and a slot, which carries the backend) and the counters. */
 static __always_inline int lb_select(struct svc_key *key, __u64 client,
 				     struct backend *out, __u32 *out_id,
 				     __u32 *out_rev_nat)
@@ -214,9 +232,51 @@ static __always_inline void sock_remember(struct bpf_sock_addr *ctx,
 	st->flags = flags;
 }
 
+/* sock_sticky returns 0 with the backend in *be when the unconnected
+ * socket was last sent from this very frontend to a backend that is still
+ * in the frontend's live set: same address and port in the socket state,
+ * same rev_nat_id as the live entry (a frontend deleted and created again
+ * gets a new one), backends to pick from, and a member entry for the pair.
+ * It returns -ENOENT when the address is not a service (a deleted
+ * Service's address is left alone, also for a socket that used it), and
+ * -EAGAIN when a backend has to be picked. A backend id alone is not
+ * enough: frontends with the same backend share its id. */
+static __always_inline int sock_sticky(struct bpf_sock_addr *ctx,
+				       struct svc_key *key, struct backend *be)
+{
+	struct svc_member m = {};
+	struct sock_state *st;
+	struct svc_value *entry;
+	struct backend *b;
+	__u32 rev_nat_id;
+
+	key->slot = 0;
+	entry = bpf_map_lookup_elem(&socklb_svc_v3, key);
+	if (!entry)
+		return -ENOENT;
+	rev_nat_id = entry->rev_nat_id;
+	if (entry->count == 0)
+		return -EAGAIN; /* lb_select refuses and counts it */
+	st = bpf_sk_storage_get(&socklb_sock_v3, ctx->sk, 0, 0);
+	if (!st || st->rev_nat_id != rev_nat_id || st->vip_port != key->port ||
+	    st->vip[0] != key->addr[0] || st->vip[1] != key->addr[1] ||
+	    st->vip[2] != key->addr[2] || st->vip[3] != key->addr[3])
+		return -EAGAIN;
+	m.rev_nat_id = rev_nat_id;
+	m.backend_id = st->backend_id;
+	if (!bpf_map_lookup_elem(&socklb_memb_v3, &m))
+		return -EAGAIN;
+	b = bpf_map_lookup_elem(&socklb_be_v3, &m.backend_id);
+	if (!b)
+		return -EAGAIN;
+	*be = *b;
+	lb_count(rev_nat_id, 0);
+	return 0;
+}
+
 /* sock_xlate looks key up and picks a backend; for an unconnected UDP
- * socket (sticky) it keeps the backend it picked before for the same
- * service while that backend exists. */
+ * socket (sticky) it keeps the backend it picked before while that backend
+ * is in the same frontend's live set (sock_sticky). */
 static __always_inline int sock_xlate(struct bpf_sock_addr *ctx,
 				      struct svc_key *key, struct backend *be,
 				      int sticky)
@@ -225,21 +285,9 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx,
 	int ret;
 
 	if (sticky) {
-		struct sock_state *st =
-			bpf_sk_storage_get(&socklb_sock_v3, ctx->sk, 0, 0);
-
-		if (st && st->vip_port == key->port &&
-		    st->vip[0] == key->addr[0] && st->vip[1] == key->addr[1] &&
-		    st->vip[2] == key->addr[2] && st->vip[3] == key->addr[3]) {
-			__u32 prev = st->backend_id;
-			struct backend *b =
-				bpf_map_lookup_elem(&socklb_be_v3, &prev);
-
-			if (b) {
-				*be = *b;
-				return 0;
-			}
-		}
+		ret = sock_sticky(ctx, key, be);
+		if (ret != -EAGAIN)
+			return ret;
 	}
 	ret = lb_select(key, bpf_get_netns_cookie(ctx), be, &id, &rev_nat_id);
 	if (ret < 0)
@@ -315,8 +363,9 @@ static __always_inline int sock6_xlate(struct bpf_sock_addr *ctx, int sticky)
 	return 0;
 }
 
-/* reply_matches reports whether addr:port is the backend this socket was
- * sent to, so that only its replies are shown as the service's. */
+/* reply_state returns the socket's state if addr:port is the backend this
+ * socket was sent to, else NULL, so that only that backend's replies are
+ * shown as the service's. */
 static __always_inline struct sock_state *reply_state(struct bpf_sock_addr *ctx,
 						      const __be32 *addr,
 						      __be16 port)
@@ -508,6 +557,15 @@ int sock_destroy_tcp(struct bpf_iter__tcp *ctx)
 	if (tp)
 		destroy_departed(ctx->meta, tp, skc);
 	return 0;
+}
+
+/* Never called, so never loaded: its signature puts the enums that pkg/maps
+ * shares into the object's BTF, where bpf2go (-type) finds them. An enum
+ * that no map, global or function uses is left out of BTF. */
+__attribute__((noinline)) int socklb_btf_enums(enum socklb_consts c,
+					       enum socklb_svc_flags f)
+{
+	return c + f;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -7,14 +7,21 @@
 
 #include <linux/types.h>
 
-/* Slots of one service are split in two halves so that a new backend set can
- * be written next to the live one and published by replacing slot 0 alone. */
-#define SOCKLB_SLOT_HALF 0x8000
-#define SOCKLB_MAX_BACKENDS_PER_SVC (SOCKLB_SLOT_HALF - 1)
-
-/* Attempts to read a consistent {entry, slot} pair while the agent
- * is republishing the service under our feet. */
-#define SOCKLB_LOOKUP_ATTEMPTS 3
+/* Constants shared with pkg/maps. An enum rather than #defines: bpf2go
+ * (-type socklb_consts) turns it into Go constants, so the two sides cannot
+ * drift. socklb.c puts the type into the object's BTF. */
+enum socklb_consts {
+	/* Slots of one service are split in two halves so that a new backend
+	 * set can be written next to the live one and published by replacing
+	 * slot 0 alone. */
+	SOCKLB_SLOT_HALF = 0x8000,
+	SOCKLB_MAX_BACKENDS_PER_SVC = SOCKLB_SLOT_HALF - 1,
+	/* Attempts to read a consistent {entry, slot} pair while the agent
+	 * is republishing the service under our feet. */
+	SOCKLB_LOOKUP_ATTEMPTS = 3,
+	/* Bytes of a frontend name, with its terminating NUL. */
+	SOCKLB_NAME_LEN = 128,
+};
 
 enum socklb_svc_flags {
 	SOCKLB_SVC_F_AFFINITY = 1 << 0, /* sessionAffinity: ClientIP */
@@ -67,14 +74,19 @@ struct svc_value {
 
 /* Per-CPU counters of one frontend, keyed by its rev_nat_id. */
 struct svc_counters {
-	__u64 connects; /* connects and sends rewritten to a backend */
-	__u64 refused;  /* connects refused: no backend to pick */
+	/* connects and sends rewritten to a backend, including the sends
+	 * of an unconnected UDP socket that keeps its backend */
+	__u64 connects;
+	/* connects and sends refused: the frontend has no backend (count 0),
+	 * or, rarely, SOCKLB_LOOKUP_ATTEMPTS lookups in a row found the
+	 * slot they picked already gone because the agent republished the
+	 * frontend each time in between */
+	__u64 refused;
 };
 
 /* Name of a frontend ("namespace/name:port"), keyed by its rev_nat_id. The
  * programs never read it; it is there so that `agent inspect` and bpftool can
  * say which Service an entry belongs to without asking the agent. */
-#define SOCKLB_NAME_LEN 128
 struct svc_name {
 	char name[SOCKLB_NAME_LEN];
 };
@@ -96,6 +108,17 @@ struct sock_state {
 	__u32 rev_nat_id;
 	__u32 backend_id;
 	__u32 flags; /* enum socklb_sock_flags */
+};
+
+/* Key of the membership map: the backend is in the frontend's live set.
+ * An unconnected UDP socket keeps the backend it was sent to only while
+ * its frontend still lists it; the backend id alone is not enough, since
+ * frontends with the same backend share its id. The agent writes a
+ * frontend's new members before it publishes the set and deletes the
+ * members that left after the old slots are gone. */
+struct svc_member {
+	__u32 rev_nat_id;
+	__u32 backend_id;
 };
 
 /* Key of the map of backends that left a frontend: connected sockets with

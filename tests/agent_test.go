@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -83,6 +84,7 @@ func (e *agentEnv) startAgent(t *testing.T) *testagent.Agent {
 
 type inspectRow struct {
 	Frontend string `json:"frontend"`
+	ID       uint32 `json:"id"`
 	Service  string `json:"service"`
 	Backends []struct {
 		Address string `json:"address"`
@@ -188,7 +190,7 @@ const webFE, emptyFE = "198.19.0.10:80/TCP", "198.19.0.20:80/TCP"
 func TestPrivilegedAgentFileSourceInspectAndCleanup(t *testing.T) {
 	e := newAgentEnv(t, servicesYAML(1, 2, 3))
 	e.pods(t, 3, 8080)
-	e.startAgent(t)
+	a := e.startAgent(t)
 	rows := e.waitInspect(t, "web with 3 backends", func(r map[string]inspectRow) bool {
 		return len(r[webFE].Backends) == 3 && r[emptyFE].Frontend != ""
 	})
@@ -225,10 +227,22 @@ func TestPrivilegedAgentFileSourceInspectAndCleanup(t *testing.T) {
 		}
 	}
 
-	// cleanup detaches while the agent is stopped: the VIP is no longer
+	// cleanup refuses while the agent holds the pin directory, naming
+	// it, and changes nothing: the VIP is still served.
+	out, err = e.agentCmd("cleanup").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "held by another agent") ||
+		!strings.Contains(string(out), strconv.Itoa(a.Cmd.Process.Pid)) {
+		t.Errorf("cleanup while the agent runs: %v, want a refusal naming pid %d\n%s", err, a.Cmd.Process.Pid, out)
+	}
+	if _, err := e.ask("198.19.0.10:80"); err != nil {
+		t.Errorf("after a refused cleanup: %v", err)
+	}
+
+	// Once the agent is stopped, cleanup detaches: the VIP is no longer
 	// rewritten, and nothing is left pinned.
-	if out, err := e.agentCmd("cleanup").CombinedOutput(); err == nil {
-		t.Logf("cleanup while the agent runs: %s", out)
+	a.Kill(syscall.SIGTERM)
+	if out, err := e.agentCmd("cleanup").CombinedOutput(); err != nil {
+		t.Fatalf("cleanup after the agent stopped: %v\n%s", err, out)
 	}
 	if _, err := e.ask("198.19.0.10:80"); !errors.Is(err, syscall.ENETUNREACH) {
 		t.Errorf("after cleanup: %v, want ENETUNREACH (VIP no longer rewritten)", err)

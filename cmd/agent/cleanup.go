@@ -8,7 +8,7 @@ import (
 )
 
 func newCleanupCmd(v *viper.Viper) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Detach the programs and unpin every map (stops load balancing)",
 		Args:  cobra.NoArgs,
@@ -18,11 +18,17 @@ func newCleanupCmd(v *viper.Viper) *cobra.Command {
 				return err
 			}
 			log := newLogger(c, cmd.ErrOrStderr())
-			if err := loader.Cleanup(c.BPFFSPath, log); err != nil {
+			force, err := cmd.Flags().GetBool("force")
+			if err != nil {
+				return err
+			}
+			if err := loader.CleanupWithOptions(c.BPFFSPath, loader.CleanupOptions{Force: force, Logger: log}); err != nil {
 				return err
 			}
 			log.Info("socklb removed", "bpffs", c.BPFFSPath)
 			return nil
 		},
 	}
+	cmd.Flags().Bool("force", false, "clean up even while an agent runs on the pin directory (the agent reports it and puts the datapath back)")
+	return cmd
 }

@@ -18,27 +18,6 @@ import (
 	"github.com/socklb/socklb/pkg/metrics"
 )
 
-// healthHandler answers /healthz (the process runs) and /readyz (the maps
-// hold a full sync of every source and the programs read them). The
-// DaemonSet's probes use them. /healthz does not wait for the programs:
-// new maps get them only after the first sync, and while the source is
-// unreachable a restart would not hasten that (the programs attached
-// before keep serving meanwhile).
-func healthHandler(ready func() bool) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready: first sync not done", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
-}
-
 // newRegistry holds every metric the agent exports: the Go runtime's, the
 // process's, the syncs', and the datapath's, read from dp's maps at scrape
 // time.

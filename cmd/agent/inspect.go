@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -18,6 +23,11 @@ import (
 type inspectOutput struct {
 	Frontends []inspectFrontend `json:"frontends"`
 	Features  []loader.Feature  `json:"features"`
+	// Agent is the running agent's /status (readiness and the frontends
+	// that do not fit in the maps); null when it could not be read, and
+	// AgentError says why.
+	Agent      *statusReport `json:"agent"`
+	AgentError string        `json:"agentError,omitempty"`
 }
 
 // inspectFrontend is one row of `inspect`, also its JSON form.
@@ -62,6 +72,10 @@ func newInspectCmd(v *viper.Viper) *cobra.Command {
 				return err
 			}
 			out := inspectOutput{Frontends: rows, Features: loader.ProbeFeatures()}
+			out.Agent, err = fetchStatus(cmd.Context(), c.HealthAddr)
+			if err != nil {
+				out.AgentError = err.Error()
+			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -150,6 +164,7 @@ func printInspect(w io.Writer, out inspectOutput) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	printAgent(w, out)
 	fmt.Fprintln(w, "\nKERNEL FEATURES")
 	for _, f := range out.Features {
 		state := "yes"
@@ -159,4 +174,71 @@ func printInspect(w io.Writer, out inspectOutput) error {
 		fmt.Fprintf(w, "  %-62s %s\n", f.Name+" [>= "+f.MinKernel+"]", state)
 	}
 	return nil
+}
+
+func printAgent(w io.Writer, out inspectOutput) {
+	fmt.Fprintln(w, "\nAGENT")
+	a := out.Agent
+	if a == nil {
+		fmt.Fprintf(w, "  status unknown: %s\n", out.AgentError)
+		return
+	}
+	if a.Ready {
+		fmt.Fprintln(w, "  ready")
+	} else {
+		fmt.Fprintf(w, "  NOT READY: %s\n", strings.Join(a.NotReady, "; "))
+	}
+	if len(a.OverCapacity) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nOVER CAPACITY: %d frontends not programmed (raise --service-map-entries or --backend-map-entries)\n",
+		len(a.OverCapacity))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  FRONTEND\tSERVICE\tBACKENDS\tSERVED")
+	for _, o := range a.OverCapacity {
+		served := "no"
+		if o.Stale {
+			served = "older version"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\n", o.Frontend, o.Name, o.Backends, served)
+	}
+	_ = tw.Flush()
+}
+
+// fetchStatus reads the running agent's /status from its health address.
+func fetchStatus(ctx context.Context, healthAddr string) (*statusReport, error) {
+	if healthAddr == "" {
+		return nil, errors.New("the health endpoint is disabled (--health-addr)")
+	}
+	host, port, err := net.SplitHostPort(healthAddr)
+	if err != nil {
+		return nil, fmt.Errorf("health address %q: %w", healthAddr, err)
+	}
+	// An agent listening on every address is reached on loopback.
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	url := "http://" + net.JoinHostPort(host, port) + "/status"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("agent status: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent status (is the agent running?): %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("agent status %s: %s", url, resp.Status)
+	}
+	var r statusReport
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&r); err != nil {
+		return nil, fmt.Errorf("agent status %s: %w", url, err)
+	}
+	return &r, nil
 }

@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,6 +21,7 @@ import (
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
+	"github.com/socklb/socklb/pkg/metrics"
 	"github.com/socklb/socklb/pkg/nodeaddr"
 	"github.com/socklb/socklb/pkg/reconciler"
 )
@@ -43,7 +40,7 @@ func newRunCmd(v *viper.Viper) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			ctx, stop := notifySignals(cmd.Context(), newLogger(c, cmd.ErrOrStderr()))
 			defer stop()
 			return run(ctx, c, cmd)
 		},
@@ -69,7 +66,7 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	// A missing capability is named here, not met as a bare EPERM later.
 	// tests/caps_test.go turns the check off to show that the kernel
 	// refuses each missing one too.
-	if os.Getenv("SOCKLB_SKIP_CAPABILITY_CHECK") != "1" {
+	if !c.SkipCapabilityCheck {
 		if err := loader.CheckCapabilities(loader.Options{Logger: log}); err != nil {
 			return err
 		}
@@ -94,7 +91,21 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 		}
 	}
 
-	dp, err := loader.Prepare(loader.Options{BPFFSPath: c.BPFFSPath, CgroupPath: c.CgroupPath, Logger: log})
+	// One writer per pin directory: wait while another agent (the pod
+	// this one replaces) holds it; held until the agent ends.
+	lock, err := loader.AcquireLock(ctx, c.BPFFSPath, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while waiting for the pin directory", "bpffs", c.BPFFSPath)
+			return nil
+		}
+		return err
+	}
+	defer lock.Close()
+	dp, err := loader.Prepare(loader.Options{
+		BPFFSPath: c.BPFFSPath, CgroupPath: c.CgroupPath, Lock: lock, Logger: log,
+		MaxServiceEntries: c.ServiceMapEntries, MaxBackendEntries: c.BackendMapEntries,
+	})
 	if err != nil {
 		return err
 	}
@@ -118,56 +129,46 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 		return err
 	}
 	reg, syncMetrics := newRegistry(dp, log)
-	// New maps go live right after the first sync has filled them, before
-	// the syncer logs it or /readyz says so. A failure ends the agent
-	// (through attachFailed): the programs attached before keep serving.
-	attachFailed := make(chan error, 1)
-	attachAfterSync := func() {
-		if dp.Attached() {
-			return
-		}
-		if err := dp.Attach(); err != nil {
-			select {
-			case attachFailed <- fmt.Errorf("attach after the first sync: %w", err):
-			default:
-			}
-			return
-		}
-		log.Info("programs attached after the first sync filled the maps")
-	}
-	syncer = reconciler.NewSyncer(reconciler.New(maps.New(&dp.Maps), log),
+	destroy := newDestroyer(dp, c, syncMetrics, log)
+	rec := reconciler.New(maps.New(&dp.Maps), log)
+	syncer = reconciler.NewSyncer(rec,
 		[]reconciler.Source{src, nodeAddrSource{addrs}},
 		reconciler.SyncerOptions{
-			MinInterval:     c.MinSync,
-			Burst:           c.SyncBurst,
-			Node:            lb.NodeInfo{Name: c.NodeName},
-			ServiceSelector: selector,
-			OnDeparted:      destroyDeparted(dp, c, log),
+			MinInterval:       c.MinSync,
+			Burst:             c.SyncBurst,
+			ReconcileInterval: c.ReconcileInterval,
+			Node:              lb.NodeInfo{Name: c.NodeName},
+			ServiceSelector:   selector,
+			OnDeparted:        destroy.Enqueue,
 			OnSync: func(took time.Duration, st reconciler.Stats, err error) {
-				syncMetrics.Observe(took, st.Services, st.Backends, err)
-				if err == nil {
-					attachAfterSync()
+				frontends, backends := rec.Programmed()
+				syncMetrics.Observe(metrics.SyncResult{Took: took, Frontends: frontends, Backends: backends,
+					OverCapacity: len(st.OverCapacity), Err: err})
+				for kind, n := range st.Drift.Counts() {
+					syncMetrics.Repaired(kind, n)
 				}
 			},
 		}, log)
+	status := &agentStatus{
+		synced:   syncer.HasSynced,
+		inSync:   syncer.InSync,
+		attached: dp.Attached,
+		over:     syncer.OverCapacity,
+	}
 
 	log.Info("socklb agent started", "version", version, "bpffs", c.BPFFSPath, "cgroup", c.CgroupPath,
-		"source", c.Source, "node", c.NodeName, "service_selector", c.ServiceSelector)
+		"source", c.Source, "node", c.NodeName, "service_selector", c.ServiceSelector,
+		"service_map_entries", c.ServiceMapEntries, "backend_map_entries", c.BackendMapEntries,
+		"reconcile_interval", c.ReconcileInterval)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return runSource(ctx) })
 	g.Go(func() error { return addrs.Run(ctx) })
 	g.Go(func() error { return syncer.Run(ctx) })
-	g.Go(func() error {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-attachFailed:
-			return err
-		}
-	})
+	g.Go(func() error { return attachAfterFirstSync(ctx, dp, syncer, log) })
+	g.Go(func() error { return destroy.Run(ctx) })
+	g.Go(func() error { return checkDatapath(ctx, dp, c.ReconcileInterval, status, syncMetrics, log) })
 	if c.HealthAddr != "" {
-		ready := func() bool { return syncer.HasSynced() && dp.Attached() }
-		g.Go(func() error { return serveHTTP(ctx, "health", c.HealthAddr, healthHandler(ready), log) })
+		g.Go(func() error { return serveHTTP(ctx, "health", c.HealthAddr, statusHandler(status), log) })
 	}
 	if c.MetricsAddr != "" {
 		g.Go(func() error { return serveHTTP(ctx, "metrics", c.MetricsAddr, metricsHandler(reg, log), log) })
@@ -239,24 +240,3 @@ func (s nodeAddrSource) Input() lb.Input {
 }
 
 func (s nodeAddrSource) HasSynced() bool { return s.w.HasSynced() }
-
-// destroyDeparted closes the sockets connected to backends that left their
-// service: UDP always (a connected DNS client would stay pinned to a dead
-// backend), TCP when configured.
-func destroyDeparted(dp *loader.Datapath, c Config, log *slog.Logger) func([]maps.Departure) {
-	warned := false
-	return func(gone []maps.Departure) {
-		n, err := dp.DestroySockets(gone, loader.DestroyOptions{TCP: c.DestroyTCP, Logger: log})
-		switch {
-		case errors.Is(err, loader.ErrNoSockDestroy):
-			if !warned {
-				log.Warn("sockets of removed backends are left to time out", "reason", err)
-				warned = true
-			}
-		case err != nil:
-			log.Error("destroy sockets of removed backends", "error", err, "destroyed", n)
-		case n > 0:
-			log.Info("destroyed sockets of removed backends", "sockets", n, "departures", len(gone))
-		}
-	}
-}

@@ -68,19 +68,28 @@ func Build(moduleRoot, dir string) (string, error) {
 	return bin, nil
 }
 
+// StopTimeout is how long Stop waits for the agent to exit after its
+// signal before it SIGKILLs it and reports that.
+const StopTimeout = 10 * time.Second
+
 // Agent is one running agent process.
 type Agent struct {
-	Cmd  *exec.Cmd
-	logs syncBuffer
-	done chan struct{}
+	Cmd *exec.Cmd
+	// StopTimeout overrides the package's StopTimeout when set.
+	StopTimeout time.Duration
+	t           testing.TB
+	logs        syncBuffer
+	done        chan struct{}
 }
 
 // Start runs cmd (the agent binary with its arguments). With ns set, the
 // process runs inside that network namespace. It is stopped with SIGTERM
-// when the test ends, and its log is printed if the test failed.
+// when the test ends; an agent still running StopTimeout after that is
+// SIGKILLed and fails the test (the agent must exit on SIGTERM). Its log
+// is printed if the test failed.
 func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 	t.Helper()
-	a := &Agent{Cmd: cmd, done: make(chan struct{})}
+	a := &Agent{Cmd: cmd, t: t, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &a.logs, &a.logs
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
@@ -109,7 +118,9 @@ func Start(t testing.TB, cmd *exec.Cmd, ns *sandbox.Netns) *Agent {
 		close(a.done)
 	}()
 	t.Cleanup(func() {
-		a.Kill(syscall.SIGTERM)
+		if err := a.Stop(syscall.SIGTERM); err != nil {
+			t.Errorf("when the test ended: %v", err)
+		}
 		if t.Failed() {
 			t.Logf("agent %d log:\n%s", a.Cmd.Process.Pid, a.Logs())
 		}
@@ -123,19 +134,53 @@ func (a *Agent) Done() <-chan struct{} { return a.done }
 // Logs returns everything the agent printed so far.
 func (a *Agent) Logs() string { return a.logs.String() }
 
-// Kill signals only the process this test started and waits until it is
-// gone (SIGKILL after 10 s).
-func (a *Agent) Kill(sig syscall.Signal) {
+// ErrIgnoredSignal: the agent was still running StopTimeout after the
+// signal, and had to be SIGKILLed.
+var ErrIgnoredSignal = errors.New("agent did not exit after the signal")
+
+// Stop sends sig to the process this test started (nothing else) and
+// waits until it is gone. When it is still running StopTimeout later, Stop
+// SIGKILLs it, waits, and returns an error wrapping ErrIgnoredSignal: an
+// agent that ignores SIGTERM must not pass. SIGKILL itself cannot be
+// ignored. An agent that had already exited is not signalled.
+func (a *Agent) Stop(sig syscall.Signal) error {
 	select {
 	case <-a.done:
+		return nil
 	default:
-		_ = a.Cmd.Process.Signal(sig)
-		select {
-		case <-a.done:
-		case <-time.After(10 * time.Second):
-			_ = a.Cmd.Process.Kill()
-			<-a.done
-		}
+	}
+	_ = a.Cmd.Process.Signal(sig)
+	timeout := a.StopTimeout
+	if timeout == 0 {
+		timeout = StopTimeout
+	}
+	select {
+	case <-a.done:
+		return nil
+	case <-time.After(timeout):
+		_ = a.Cmd.Process.Kill()
+		<-a.done
+		return fmt.Errorf("agent %d still ran %s after %v; SIGKILLed it: %w", a.Cmd.Process.Pid, timeout, sig, ErrIgnoredSignal)
+	}
+}
+
+// Kill stops the agent with sig, as Stop does, and fails the test (with
+// the agent's log) when the agent ignored sig. Kill(syscall.SIGKILL) is
+// the way to kill it on purpose.
+func (a *Agent) Kill(sig syscall.Signal) {
+	if err := a.Stop(sig); err != nil {
+		a.t.Errorf("%v; agent log:\n%s", err, a.Logs())
+	}
+}
+
+// ExitCode is the agent's exit code once Done is closed: -1 when a signal
+// ended it, or while it runs.
+func (a *Agent) ExitCode() int {
+	select {
+	case <-a.done:
+		return a.Cmd.ProcessState.ExitCode()
+	default:
+		return -1
 	}
 }
 

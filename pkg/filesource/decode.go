@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -42,7 +43,17 @@ type DocumentError struct {
 	// starts (leading separators, blank lines and comment lines skipped).
 	// Line numbers inside Err ("yaml: line 3: ...") count from this line.
 	Line int
-	Err  error
+	// ErrLine is the line of the file the YAML parser or splitter complained
+	// about, or 0 when Err names none.
+	ErrLine int
+	// Object names what the document (or item) holds, "Kind namespace/name",
+	// as far as it could be read out of a document that did not decode: a
+	// best effort for the logs, empty when nothing could be found.
+	Object string
+	Err    error
+
+	// gvk is the apiVersion and kind the decoder saw, for ErrUnsupportedKind.
+	gvk schema.GroupVersionKind
 }
 
 func (e *DocumentError) Error() string {
@@ -65,6 +76,10 @@ var deserializer = scheme.Codecs.UniversalDeserializer()
 //
 // If r itself fails, Decode returns what it could not read as a single error
 // that is not a *DocumentError, and an empty Input.
+//
+// Decode reports and goes on, for tools that want to see everything; the file
+// source is stricter and refuses a file with any malformed document (see
+// parseContent).
 func Decode(r io.Reader) (lb.Input, []error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -97,11 +112,17 @@ var (
 // leading and trailing separators; counting newlines in them gives the line
 // numbers the splitter itself does not report.
 func decodeBytes(data []byte) (lb.Input, []error) {
+	c := split(data)
+	return c.in, c.errs
+}
+
+// split decodes every document of data into a collector.
+func split(data []byte) *collector {
 	cr := &countingReader{r: bytes.NewReader(data)}
 	br := bufio.NewReader(cr)
 	yr := utilyaml.NewYAMLReader(br)
 
-	c := collector{seen: map[objectKey]origin{}}
+	c := &collector{seen: map[objectKey]origin{}}
 	var (
 		off   int // bytes consumed by the splitter so far
 		line  = 1 // line number at off
@@ -130,7 +151,8 @@ func decodeBytes(data []byte) (lb.Input, []error) {
 			if start > sepLine {
 				start = sepLine
 			}
-			c.errs = append(c.errs, &DocumentError{Index: index, Line: start, Err: fmt.Errorf("%w: line %d: %w", ErrMalformed, sepLine, err)})
+			c.errs = append(c.errs, &DocumentError{Index: index, Line: start, ErrLine: sepLine,
+				Object: objectName(identify(seg)), Err: fmt.Errorf("%w: line %d: %w", ErrMalformed, sepLine, err)})
 			if len(seg) == 0 { // no progress: give up rather than spin
 				break
 			}
@@ -143,7 +165,7 @@ func decodeBytes(data []byte) (lb.Input, []error) {
 		at := origin{index: index, line: segLine + countLeading(seg, isSeparator) + skipped}
 		c.document(at, body)
 	}
-	return c.in, c.errs
+	return c
 }
 
 // countLeading returns how many leading lines of b satisfy pred.
@@ -190,27 +212,43 @@ type objectKey struct {
 type collector struct {
 	in   lb.Input
 	errs []error
-	seen map[objectKey]origin
+	// emptyLists counts the documents that are a v1 List with no items: the
+	// explicit way to say "no Services" (see parseContent).
+	emptyLists int
+	seen       map[objectKey]origin
 	// pos is the position of each object in in.Services or in.EndpointSlices,
 	// so that a duplicate replaces the earlier object in place.
 	pos map[objectKey]int
 }
 
-func (c *collector) fail(at origin, err error) {
-	c.errs = append(c.errs, &DocumentError{Index: at.index, Line: at.line, Err: err})
+func (c *collector) fail(at origin, object string, err error) {
+	c.errs = append(c.errs, &DocumentError{Index: at.index, Line: at.line, Object: object, Err: err})
+}
+
+// failKind reports an object of a kind that is not read.
+func (c *collector) failKind(at origin, object string, gvk schema.GroupVersionKind, err error) {
+	c.errs = append(c.errs, &DocumentError{Index: at.index, Line: at.line, Object: object, Err: err, gvk: gvk})
 }
 
 // document decodes one document and adds what it holds.
 func (c *collector) document(at origin, doc []byte) {
-	obj, err := decodeObject(doc)
-	if err != nil {
-		c.fail(at, err)
+	obj, derr := decodeObject(doc)
+	if derr != nil {
+		de := &DocumentError{Index: at.index, Line: at.line, Object: derr.object, Err: derr.err, gvk: derr.gvk}
+		if n := yamlErrLine(derr.err); n > 0 {
+			de.ErrLine = at.line + n - 1 // the parser counts from the document's first line
+		}
+		c.errs = append(c.errs, de)
 		return
 	}
 	if obj == nil { // empty document
 		return
 	}
 	if c.add(at, obj, "") {
+		return
+	}
+	if l, ok := obj.(*corev1.List); ok && len(l.Items) == 0 {
+		c.emptyLists++
 		return
 	}
 	// A list: decode each item on its own, so one bad item spoils only itself.
@@ -233,18 +271,19 @@ func (c *collector) document(at origin, doc []byte) {
 			items = append(items, &l.Items[i])
 		}
 	default:
-		c.fail(at, unsupported(obj.GetObjectKind().GroupVersionKind()))
+		gvk := obj.GetObjectKind().GroupVersionKind()
+		c.failKind(at, nameOf(gvk, obj), gvk, unsupported(gvk))
 		return
 	}
 	for i, item := range items {
 		prefix := fmt.Sprintf("item %d: ", i+1)
 		if item == nil && i < len(raws) {
-			o, err := decodeObject(raws[i].Raw)
-			if err == nil && o == nil {
-				err = fmt.Errorf("%w: empty item", ErrMalformed)
+			o, derr := decodeObject(raws[i].Raw)
+			if derr == nil && o == nil {
+				derr = &decodeError{err: fmt.Errorf("%w: empty item", ErrMalformed)}
 			}
-			if err != nil {
-				c.fail(at, fmt.Errorf("%s%w", prefix, err))
+			if derr != nil {
+				c.failKind(at, derr.object, derr.gvk, fmt.Errorf("%s%w", prefix, derr.err))
 				continue
 			}
 			item = o
@@ -260,8 +299,16 @@ func (c *collector) document(at origin, doc []byte) {
 		if isList(item) {
 			err = fmt.Errorf("%w: %s inside a list", ErrUnsupportedKind, describe(gvk))
 		}
-		c.fail(at, fmt.Errorf("%s%w", prefix, err))
+		c.failKind(at, nameOf(gvk, item), gvk, fmt.Errorf("%s%w", prefix, err))
 	}
+}
+
+// nameOf names a decoded object for the logs.
+func nameOf(gvk schema.GroupVersionKind, obj runtime.Object) string {
+	if m, ok := obj.(metav1.Object); ok {
+		return objectName("", gvk.Kind, m.GetNamespace(), m.GetName())
+	}
+	return objectName("", gvk.Kind, "", "")
 }
 
 func isList(obj runtime.Object) bool {
@@ -316,12 +363,12 @@ func (c *collector) key(at origin, kind string, meta metaLike, prefix string) (o
 		meta.SetNamespace(corev1.NamespaceDefault)
 	}
 	if meta.GetName() == "" {
-		c.fail(at, fmt.Errorf("%s%w: %s has no metadata.name", prefix, ErrMalformed, kind))
+		c.fail(at, objectName("", kind, meta.GetNamespace(), ""), fmt.Errorf("%s%w: %s has no metadata.name", prefix, ErrMalformed, kind))
 		return objectKey{}, false
 	}
 	k := objectKey{kind: kind, namespace: meta.GetNamespace(), name: meta.GetName()}
 	if prev, dup := c.seen[k]; dup {
-		c.fail(at, fmt.Errorf("%s%w: %s %s/%s replaces the one in document %d (line %d)",
+		c.fail(at, objectName("", kind, k.namespace, k.name), fmt.Errorf("%s%w: %s %s/%s replaces the one in document %d (line %d)",
 			prefix, ErrDuplicate, kind, k.namespace, k.name, prev.index, prev.line))
 	}
 	c.seen[k] = at
@@ -334,32 +381,50 @@ type metaLike interface {
 	GetName() string
 }
 
+// decodeError is why decodeObject failed, with what could be read of the
+// object (for the logs) and, for ErrUnsupportedKind, its kind.
+type decodeError struct {
+	err    error
+	object string
+	gvk    schema.GroupVersionKind
+}
+
 // decodeObject decodes one document (YAML or JSON). It returns nil, nil for
 // an empty document.
-func decodeObject(doc []byte) (runtime.Object, error) {
+func decodeObject(doc []byte) (runtime.Object, *decodeError) {
 	js, err := utilyaml.ToJSON(doc)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		return nil, &decodeError{err: fmt.Errorf("%w: %w", ErrMalformed, err), object: objectName(identify(doc))}
 	}
 	js = bytes.TrimSpace(js)
 	if len(js) == 0 || bytes.Equal(js, []byte("null")) {
 		return nil, nil
 	}
 	if js[0] != '{' {
-		return nil, fmt.Errorf("%w: not an object but %s", ErrMalformed, jsonType(js[0]))
+		return nil, &decodeError{err: fmt.Errorf("%w: not an object but %s", ErrMalformed, jsonType(js[0]))}
 	}
 	obj, gvk, err := deserializer.Decode(js, nil, nil)
-	switch {
-	case err == nil:
+	if err == nil {
 		return obj, nil
-	case runtime.IsMissingKind(err):
-		return nil, fmt.Errorf("%w: object has no kind", ErrMalformed)
-	case runtime.IsMissingVersion(err):
-		return nil, fmt.Errorf("%w: object has no apiVersion", ErrMalformed)
-	case runtime.IsNotRegisteredError(err) && gvk != nil:
-		return nil, unsupported(*gvk)
 	}
-	return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	// Read the identity from the JSON rather than parse the YAML again.
+	var de decodeError
+	if id, ok := identityOf(js); ok {
+		de.object = objectName(id[0], id[1], id[2], id[3])
+	} else { // JSON the YAML parser let through as it was, and broken
+		de.object = objectName(identify(doc))
+	}
+	switch {
+	case runtime.IsMissingKind(err):
+		de.err = fmt.Errorf("%w: object has no kind", ErrMalformed)
+	case runtime.IsMissingVersion(err):
+		de.err = fmt.Errorf("%w: object has no apiVersion", ErrMalformed)
+	case runtime.IsNotRegisteredError(err) && gvk != nil:
+		de.err, de.gvk = unsupported(*gvk), *gvk
+	default:
+		de.err = fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return nil, &de
 }
 
 func unsupported(gvk schema.GroupVersionKind) error {

@@ -4,19 +4,23 @@
 // lb.Input, and reloads it when the file changes. It never touches maps; it
 // only pokes the syncer through Options.OnChange.
 //
-// Decoding is partial on purpose: a document that cannot be used is reported
-// and skipped, the others are applied. A file that cannot be read at all
-// leaves the last good content in place.
+// A file is applied whole or not at all (rules.go): one broken document, or
+// a file with no objects at all, is refused and logged with the document,
+// line and object, and the last good content stays in force; only objects of
+// kinds socklb does not read are skipped. A write in progress is never read
+// (read.go): the file is read under a read lease, which the kernel grants
+// only while nobody has it open for writing. A file that cannot be read
+// leaves the last good content in place too.
 package filesource
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
@@ -70,6 +74,8 @@ type Source struct {
 	running atomic.Bool
 	input   atomic.Pointer[lb.Input] // nil until the first successful read
 
+	// lease takes the read lease (readFile); tests replace it.
+	lease leaseFunc
 	// loaded, if set, is called after every load attempt (tests).
 	loaded func()
 }
@@ -92,21 +98,15 @@ func New(opts Options) (*Source, error) {
 		name:     filepath.Base(path),
 		log:      opts.Logger,
 		onChange: opts.OnChange,
-		poll:     cmpOr(opts.PollInterval, defaultPollInterval),
-		debounce: cmpOr(opts.Debounce, defaultDebounce),
+		poll:     cmp.Or(opts.PollInterval, defaultPollInterval),
+		debounce: cmp.Or(opts.Debounce, defaultDebounce),
+		lease:    lease,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("path", path)
 	return s, nil
-}
-
-func cmpOr(d, def time.Duration) time.Duration {
-	if d == 0 {
-		return def
-	}
-	return d
 }
 
 // Input returns the latest successfully read content; it is empty before the
@@ -118,11 +118,14 @@ func (s *Source) Input() lb.Input {
 	return lb.Input{}
 }
 
-// HasSynced reports whether the file has been read successfully at least once.
+// HasSynced reports whether a good file has been read at least once. A
+// missing, empty or refused file on the first read keeps it false, so that
+// nothing is programmed from a file that is not there yet.
 func (s *Source) HasSynced() bool { return s.input.Load() != nil }
 
 // Run reads the file, then watches its directory and reloads it on change
 // until ctx is done. While the file cannot be read it retries every
+// PollInterval, and while it is open for writing it looks again every
 // PollInterval. It returns nil when ctx is done, ErrRunning if it is already
 // running.
 func (s *Source) Run(ctx context.Context) error {
@@ -133,8 +136,6 @@ func (s *Source) Run(ctx context.Context) error {
 
 	r := &run{Source: s}
 	defer r.closeWatcher()
-	r.watch()
-	r.load()
 
 	ticker := time.NewTicker(s.poll)
 	defer ticker.Stop()
@@ -148,6 +149,13 @@ func (s *Source) Run(ctx context.Context) error {
 			debounce.Reset(s.debounce)
 		}
 	}
+	load := func() {
+		if r.load() {
+			schedule()
+		}
+	}
+	r.watch()
+	load()
 
 	for {
 		var (
@@ -178,14 +186,15 @@ func (s *Source) Run(ctx context.Context) error {
 			schedule()
 		case <-debounce.C:
 			pending = false
-			r.load()
+			load()
 		case <-ticker.C:
 			if !r.watching && r.watch() {
-				r.load() // the file may have changed while unwatched
+				load() // the file may have changed while unwatched
 				continue
 			}
-			if !r.watching || !s.HasSynced() {
-				r.load()
+			// No event tells that a writer closed the file: look again.
+			if !r.watching || !s.HasSynced() || r.busy {
+				load()
 			}
 		}
 	}
@@ -199,6 +208,15 @@ type run struct {
 	raw      []byte // content of the last successful load
 	readErr  string // last read error logged, so that it is logged once
 	watchErr string // last watch error logged
+	// refused is the hash of the last refused content, so that a refusal
+	// is logged once per content and not on every poll.
+	refused *[sha256.Size]byte
+
+	busy       bool      // the last read found the file open for writing
+	busySince  time.Time // when it was first found so
+	busyLogged bool      // that was logged at info
+	noLease    bool      // leases do not work here: use the stability check
+	candidate  *snapshot // without leases: the content waiting to be seen again
 }
 
 // watch makes sure the directory is watched and reports whether it is.
@@ -260,14 +278,22 @@ func (r *run) relevant(ev fsnotify.Event) bool {
 	return false
 }
 
-// load reads the file and, if its content changed, decodes it, publishes the
-// result and calls OnChange. A read error keeps the last good content.
-func (r *run) load() {
+// load reads the file and, if its content changed and passes the rules,
+// publishes it and calls OnChange. A read error or a refused content keeps
+// the last good content. It reports whether to look again after the debounce
+// interval (the stability check without leases).
+func (r *run) load() (recheck bool) {
 	if r.loaded != nil {
 		defer r.loaded()
 	}
-	raw, err := readFile(r.path)
-	if err != nil {
+	raw, err := r.read()
+	r.busy = errors.Is(err, errBusy)
+	switch {
+	case r.busy:
+		return false // the ticker looks again
+	case errors.Is(err, errUnsettled):
+		return true
+	case err != nil:
 		if msg := err.Error(); msg != r.readErr {
 			r.readErr = msg
 			if r.HasSynced() {
@@ -276,61 +302,87 @@ func (r *run) load() {
 				r.log.Warn("cannot read file; waiting for it", "interval", r.poll, "err", err)
 			}
 		}
-		return
+		return false
 	}
 	recovered := r.readErr != ""
 	r.readErr = ""
 	if r.HasSynced() && bytes.Equal(raw, r.raw) {
-		if recovered {
+		switch {
+		case r.refused != nil:
+			r.log.Info("file is back to the content in force")
+		case recovered:
 			r.log.Info("file readable again; content unchanged")
-		} else {
+		default:
 			r.log.Debug("file unchanged")
 		}
-		return
+		r.refused = nil
+		return false
 	}
-	in, errs := decodeBytes(raw)
-	for _, err := range errs {
-		var de *DocumentError
-		if errors.As(err, &de) {
-			r.log.Warn("skipping document", "document", de.Index, "line", de.Line, "err", de.Err)
-		} else {
-			r.log.Warn("skipping document", "err", err)
-		}
+	sum := sha256.Sum256(raw)
+	if r.refused != nil && *r.refused == sum {
+		r.log.Debug("file unchanged; still refused")
+		return false
+	}
+	c, ref := parseContent(raw)
+	if ref != nil {
+		r.refused = &sum
+		r.logRefusal(ref)
+		return false
+	}
+	r.refused = nil
+	skipped := 0
+	for _, k := range c.skipped {
+		skipped += k.count
+		r.log.Warn("skipping objects of unsupported kinds", "apiVersion", k.apiVersion, "kind", k.kind, "count", k.count)
+	}
+	if n := len(c.duplicates); n > 0 {
+		r.log.Warn("objects defined more than once; the later definition is used", "count", n, "objects", firstNames(c.duplicates))
 	}
 	r.raw = raw
-	if len(errs) > 0 && len(in.Services)+len(in.EndpointSlices) == 0 {
-		// A file where every document failed is a broken edit, not a
-		// request to remove every service: keep what is programmed.
-		r.log.Error("no document of the file could be used; keeping the last good content", "skipped", len(errs))
-		return
-	}
-	r.log.Info("loaded file", "services", len(in.Services), "endpointSlices", len(in.EndpointSlices), "skipped", len(errs))
-	r.input.Store(&in)
+	r.log.Info("loaded file", "services", len(c.in.Services), "endpointSlices", len(c.in.EndpointSlices), "skipped", skipped)
+	r.input.Store(&c.in)
 	if r.onChange != nil {
 		r.onChange()
 	}
+	return false
 }
 
-// readFile reads path, refusing directories and files over MaxFileSize.
-func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err // *PathError already names the operation and path
+// emptyListHint tells how to ask for no Services, since an empty file is refused.
+const emptyListHint = "to remove every Service write an empty List: `apiVersion: v1` / `kind: List` / `items: []`"
+
+// logRefusal logs why a content was refused: each broken document (up to
+// maxNames of them) with its number, line and object.
+func (r *run) logRefusal(ref *refusal) {
+	keeping := "keeping the last good content"
+	if !r.HasSynced() {
+		keeping = "nothing applied yet"
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("stat %s: %w", path, err)
+	if len(ref.bad) == 0 {
+		attrs := []any{}
+		for _, k := range ref.skipped {
+			attrs = append(attrs, "skippedKind", k.apiVersion+" "+k.kind, "count", k.count)
+		}
+		r.log.Error("file has no objects; "+keeping+"; "+emptyListHint, attrs...)
+		return
 	}
-	if fi.IsDir() {
-		return nil, fmt.Errorf("read %s: is a directory", path)
+	for i, de := range ref.bad {
+		if i == maxNames {
+			r.log.Error("more broken documents in the refused file", "count", len(ref.bad)-maxNames)
+			break
+		}
+		attrs := []any{"document", de.Index, "line", cmp.Or(de.ErrLine, de.Line), "documentLine", de.Line}
+		if de.Object != "" {
+			attrs = append(attrs, "object", de.Object)
+		}
+		attrs = append(attrs, "brokenDocuments", len(ref.bad), "err", de.Err)
+		r.log.Error("file refused: broken document; "+keeping, attrs...)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+}
+
+// firstNames returns names capped at maxNames, for a log line.
+func firstNames(names []string) []string {
+	if len(names) > maxNames {
+		return append(names[:maxNames:maxNames], fmt.Sprintf("and %d more", len(names)-maxNames))
 	}
-	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("read %s: larger than %d bytes", path, MaxFileSize)
-	}
-	return data, nil
+	return names
 }

@@ -58,6 +58,26 @@ func (h *logRecorder) count(level slog.Level, msg string) int {
 	return n
 }
 
+// find returns the attributes (as strings) of each record at level whose
+// message contains msg.
+func (h *logRecorder) find(level slog.Level, msg string) []map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []map[string]string
+	for _, r := range h.records {
+		if r.Level != level || !strings.Contains(r.Message, msg) {
+			continue
+		}
+		attrs := map[string]string{}
+		r.Attrs(func(a slog.Attr) bool {
+			attrs[a.Key] = a.Value.Resolve().String()
+			return true
+		})
+		out = append(out, attrs)
+	}
+	return out
+}
+
 // harness runs a Source on a file in a temporary directory.
 type harness struct {
 	t       *testing.T
@@ -74,6 +94,12 @@ type harness struct {
 // t.Cleanup unless the test stops it first.
 func start(t *testing.T, path string) *harness {
 	t.Helper()
+	return startHooked(t, path, nil)
+}
+
+// startHooked is start with hook called on the Source before it runs.
+func startHooked(t *testing.T, path string, hook func(*Source)) *harness {
+	t.Helper()
 	h := &harness{t: t, path: path, logs: &logRecorder{}, done: make(chan error, 1)}
 	src, err := New(Options{
 		Path:         path,
@@ -86,6 +112,9 @@ func start(t *testing.T, path string) *harness {
 		t.Fatalf("New: %v", err)
 	}
 	src.loaded = func() { h.loads.Add(1) }
+	if hook != nil {
+		hook(src)
+	}
 	h.src = src
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -178,16 +207,16 @@ func TestRun(t *testing.T) {
 		want:    []string{"c", "d"},
 		changed: true,
 	}, {
-		name: "partly broken file: good documents still applied",
+		name: "unsupported kind skipped, the rest applied",
 		update: func() {
-			write(t, path, svc("e", "10.96.0.5")+"---\nkind: [\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+			write(t, path, svc("e", "10.96.0.5")+"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
 		},
 		want:    []string{"e"},
 		changed: true,
 	}, {
 		name: "same bytes again: no OnChange",
 		update: func() {
-			replace(t, path, svc("e", "10.96.0.5")+"---\nkind: [\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+			replace(t, path, svc("e", "10.96.0.5")+"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
 		},
 		want: []string{"e"},
 	}, {
@@ -199,8 +228,8 @@ func TestRun(t *testing.T) {
 		},
 		want: []string{"e"},
 	}, {
-		name:   "every document broken: last good content kept",
-		update: func() { write(t, path, "kind: [\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n") },
+		name:   "one document broken: whole file refused, last good content kept",
+		update: func() { write(t, path, svc("x", "10.96.0.9")+"---\nkind: [\n") },
 		want:   []string{"e"},
 	}, {
 		name:    "file back",
@@ -215,9 +244,11 @@ func TestRun(t *testing.T) {
 			step.update()
 			if step.changed {
 				h.waitServices(step.want...)
-				// An in-place write may be seen half done (truncated) first; a
-				// second OnChange then is right, so only require at least one.
+				// A write in progress is never read: exactly one OnChange.
 				eventually(t, "OnChange", func() bool { return h.changes.Load() > before })
+				if got := h.changes.Load() - before; got != 1 {
+					t.Errorf("OnChange called %d times, want 1", got)
+				}
 				return
 			}
 			// Nothing to see change: wait until the source has looked at the
@@ -232,11 +263,11 @@ func TestRun(t *testing.T) {
 		})
 	}
 
-	if n := h.logs.count(slog.LevelWarn, "skipping document"); n != 4 {
-		t.Errorf("logged %d skipped documents, want 4 (once per broken file, two each)", n)
+	if n := h.logs.count(slog.LevelWarn, "skipping objects of unsupported kinds"); n != 1 {
+		t.Errorf("logged the skipped kind %d times, want 1 (once per content)", n)
 	}
-	if n := h.logs.count(slog.LevelError, "no document of the file could be used"); n != 1 {
-		t.Errorf("logged the unusable file %d times, want 1", n)
+	if n := h.logs.count(slog.LevelError, "file refused"); n != 1 {
+		t.Errorf("logged the refused file %d times, want 1", n)
 	}
 	if n := h.logs.count(slog.LevelError, "cannot read file"); n != 1 {
 		t.Errorf("logged the read error %d times, want 1", n)

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -689,13 +690,13 @@ func TestCompute(t *testing.T) {
 			wantWarn: []Warning{{"default/web-1", `address type "ipv4"`}},
 		},
 		{
-			name: "two services on one frontend: the first by name wins, the other is warned",
+			name: "two services on one frontend without creation times: the first by name wins, the other is warned",
 			services: []*corev1.Service{
 				svc("b", ips("10.96.0.1"), http80),
 				svc("a", ips("10.96.0.1"), http80),
 			},
 			want:     []string{"10.96.0.1:80/TCP default/a[http] -> (none)"},
-			wantWarn: []Warning{{"default/b", `frontend 10.96.0.1:80/TCP is already used by default/a port "http"`}},
+			wantWarn: []Warning{{"default/b", `port "http": frontend 10.96.0.1:80/TCP is also claimed by default/a port "http" (neither has a creation time, first by namespace/name); this Service's frontend is not programmed`}},
 		},
 		{
 			name: "a service listed twice is served once, without a warning",
@@ -1464,7 +1465,8 @@ func TestCompute(t *testing.T) {
 		},
 		{
 			// Broken input: a node address that is another service's
-			// cluster IP. The existing rule holds: first by name wins.
+			// cluster IP. Without creation times the first by name wins,
+			// whatever the kinds.
 			name: "a NodePort frontend on another service's cluster IP: the first by name wins, the other is warned",
 			services: []*corev1.Service{
 				mod(svc("a", ips("10.96.0.1"), http80), nodePorts(30080)),
@@ -1482,8 +1484,8 @@ func TestCompute(t *testing.T) {
 				"192.0.2.1:80/TCP ExternalIP default/c[http] -> (none)",
 			},
 			wantWarn: []Warning{
-				{"default/b", `port "http": ClusterIP frontend 10.96.0.5:30080/TCP is already used by default/a port "http" (NodePort); ignored`},
-				{"default/d", `port "http": ExternalIP frontend 192.0.2.1:80/TCP is already used by default/c port "http" (ExternalIP); ignored`},
+				{"default/b", `port "http": ClusterIP frontend 10.96.0.5:30080/TCP is also claimed by default/a port "http" (NodePort; neither has a creation time, first by namespace/name); this Service's frontend is not programmed`},
+				{"default/d", `port "http": ExternalIP frontend 192.0.2.1:80/TCP is also claimed by default/c port "http" (ExternalIP; neither has a creation time, first by namespace/name); this Service's frontend is not programmed`},
 			},
 		},
 		{
@@ -1567,7 +1569,7 @@ func TestParseServiceSelector(t *testing.T) {
 				if err == nil {
 					t.Fatalf("got selector %q, want an error", sel)
 				}
-				if msg := err.Error(); !strings.HasPrefix(msg, "parse service selector "+strconvQuote(tt.in)+": ") {
+				if msg := err.Error(); !strings.HasPrefix(msg, "parse service selector "+strconv.Quote(tt.in)+": ") {
 					t.Errorf("error %q lacks the context", msg)
 				}
 				return
@@ -1588,8 +1590,6 @@ func TestParseServiceSelector(t *testing.T) {
 		})
 	}
 }
-
-func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
 
 func warningsMatch(got, want []Warning) bool {
 	return slices.EqualFunc(got, want, func(g, w Warning) bool {
@@ -1701,6 +1701,8 @@ var (
 	fuzzExtIPs = []string{"192.0.2.1", "10.96.0.1", "fd00::1", "2001:db8::1", "127.0.0.1", "::1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "bogus", "", "::ffff:192.0.2.1"}
 	fuzzModes  = []corev1.LoadBalancerIPMode{corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy, "x"}
 	fuzzRanges = []string{"0.0.0.0/0", "203.0.113.0/24", "bogus"}
+	// fuzzCreated are creation times: unset, and two in one second.
+	fuzzCreated = []time.Time{{}, t0, t0.Add(time.Second), t0.Add(1500 * time.Millisecond)}
 	// fuzzNodeAddrs includes the zero Addr and every kind nodePortAddrs skips.
 	fuzzNodeAddrs = []netip.Addr{
 		{}, netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("fd00::1"),
@@ -1738,6 +1740,7 @@ func fuzzInput(b *fuzzBytes) Input {
 			}
 			s.Labels[pick(b, fuzzLabels...)] = pick(b, fuzzValues...)
 		}
+		s.CreationTimestamp = metav1.NewTime(pick(b, fuzzCreated...))
 		s.Spec.Type = pick(b, fuzzTypes...)
 		s.Spec.InternalTrafficPolicy = maybe(b, fuzzITP...)
 		s.Spec.TrafficDistribution = maybe(b, fuzzTD...)

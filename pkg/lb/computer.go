@@ -42,9 +42,9 @@ type Computer struct {
 	entries  map[types.NamespacedName]*entry
 	dirty    []*entry // entries whose objects changed in this call
 
-	// claims holds every candidate Service of each frontend, from all
-	// entries; after a call each group is sorted and its first one won.
-	claims map[Frontend][]Service
+	// claims holds every claim on each frontend, from all entries; after
+	// a call each group is sorted (compareClaim) and its first one won.
+	claims map[Frontend][]claim
 	// touched are the frontends whose claims changed in this call.
 	touched []Frontend
 	// duplicates are the warnings of contested frontends.
@@ -71,8 +71,9 @@ type entry struct {
 	// slices are the EndpointSlices labelled for key, in no order:
 	// frontends does not depend on their order.
 	slices []*discoveryv1.EndpointSlice
-	// cands and warns are frontends' result for svcs and slices.
-	cands []Service
+	// cands and warns are frontends' result for svcs and slices, as
+	// claims.
+	cands []claim
 	warns warnings
 	dirty bool
 }
@@ -126,7 +127,7 @@ func (c *Computer) reset(node NodeInfo, nodeAddrs []netip.Addr, sel labels.Selec
 		services:   newObjects[corev1.Service](),
 		slices:     newObjects[discoveryv1.EndpointSlice](),
 		entries:    make(map[types.NamespacedName]*entry),
-		claims:     make(map[Frontend][]Service),
+		claims:     make(map[Frontend][]claim),
 		duplicates: make(map[Frontend]warnings),
 		warned:     make(map[*entry]bool),
 	}
@@ -282,10 +283,10 @@ func removeOne[T any](list []*T, p *T) []*T {
 // recompute redoes the frontends of e and replaces its claims.
 func (c *Computer) recompute(e *entry) {
 	e.dirty = false
-	var cands []Service
+	var cands []claim
 	var w warnings
 	for _, svc := range e.svcs {
-		cands = append(cands, frontends(svc, e.slices, c.node, c.nodeAddrs, &w)...)
+		cands = appendClaims(cands, svc, frontends(svc, e.slices, c.node, c.nodeAddrs, &w))
 	}
 	for _, s := range e.cands {
 		c.retract(s.Frontend, e.key)
@@ -311,7 +312,7 @@ func (c *Computer) recompute(e *entry) {
 // retract removes the claims of the Service key on fe. A group left
 // empty stays until resolve, which deletes it.
 func (c *Computer) retract(fe Frontend, key types.NamespacedName) {
-	c.claims[fe] = slices.DeleteFunc(c.claims[fe], func(s Service) bool { return s.Name == key })
+	c.claims[fe] = slices.DeleteFunc(c.claims[fe], func(s claim) bool { return s.Name == key })
 	c.touched = append(c.touched, fe)
 }
 
@@ -341,11 +342,11 @@ func (c *Computer) resolve() {
 			}
 			continue
 		}
-		slices.SortFunc(g, compareService)
+		slices.SortFunc(g, compareClaim)
 		if found {
-			c.out[i] = g[0]
+			c.out[i] = g[0].Service
 		} else {
-			edits = append(edits, edit{fe: fe, add: true, s: g[0]})
+			edits = append(edits, edit{fe: fe, add: true, s: g[0].Service})
 		}
 		if len(g) > 1 {
 			var w warnings

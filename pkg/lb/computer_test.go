@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -106,6 +107,11 @@ func (ev *evolution) plausibleService() *corev1.Service {
 	if r.IntN(4) == 0 {
 		mods = append(mods, clientIP(nil))
 	}
+	if r.IntN(3) > 0 {
+		// Few distinct times, so that contested frontends often have
+		// equal ones, and name order decides.
+		mods = append(mods, createdAt(oneOf(r, fuzzCreated[1:]...)))
+	}
 	return mod(s, with(mods...))
 }
 
@@ -195,7 +201,7 @@ func (ev *evolution) step() Input {
 	case 4:
 		if i, s := ev.service(); s != nil {
 			n := s.DeepCopy()
-			switch ev.rng.IntN(4) {
+			switch ev.rng.IntN(5) {
 			case 0:
 				n.Labels = map[string]string{"tier": []string{"web", "db"}[ev.rng.IntN(2)]}
 			case 1:
@@ -206,6 +212,9 @@ func (ev *evolution) step() Input {
 				n.Spec.ClusterIPs = []string{fuzzIPs[ev.rng.IntN(len(fuzzIPs))]}
 			case 3:
 				n.Spec.Type = fuzzTypes[ev.rng.IntN(len(fuzzTypes))]
+			case 4:
+				// Not a change the API server allows, but a file may.
+				n.CreationTimestamp = metav1.NewTime(oneOf(ev.rng, fuzzCreated...))
 			}
 			ev.in.Services[i] = n
 			do("tweak service %s/%s", s.Namespace, s.Name)
@@ -299,8 +308,9 @@ func (ev *evolution) step() Input {
 // checkComputer drives a Computer through steps random changes and checks
 // that every result equals Compute's, and that the Services of a result do
 // not change after it was handed out. It returns how many results had
-// contested frontends and warnings, to show that the input was not too weak.
-func checkComputer(t *testing.T, seed uint64, steps int) (contested, warned int) {
+// contested frontends, contests that creation times decided, and warnings,
+// to show that the input was not too weak.
+func checkComputer(t *testing.T, seed uint64, steps int) (contested, byAge, warned int) {
 	t.Helper()
 	ev := &evolution{rng: rand.New(rand.NewPCG(seed, 1))}
 	ev.in = ev.fresh()
@@ -327,26 +337,28 @@ func checkComputer(t *testing.T, seed uint64, steps int) (contested, warned int)
 		if len(gotWarns) > 0 {
 			warned++
 		}
-		for _, w := range gotWarns {
-			if strings.Contains(w.Reason, "already used by") {
-				contested++
-				break
-			}
+		if slices.ContainsFunc(gotWarns, func(w Warning) bool { return strings.Contains(w.Reason, "is also claimed by") }) {
+			contested++
+		}
+		if slices.ContainsFunc(gotWarns, func(w Warning) bool { return strings.Contains(w.Reason, "(created earlier)") }) {
+			byAge++
 		}
 	}
-	return contested, warned
+	return contested, byAge, warned
 }
 
 func TestComputerMatchesCompute(t *testing.T) {
-	contested, warned := 0, 0
+	contested, byAge, warned := 0, 0, 0
 	for seed := range uint64(40) {
-		c, w := checkComputer(t, seed, 300)
+		c, a, w := checkComputer(t, seed, 300)
 		contested += c
+		byAge += a
 		warned += w
 	}
-	if contested == 0 || warned == 0 {
-		t.Errorf("input too weak: %d results with contested frontends, %d with warnings", contested, warned)
+	if contested == 0 || byAge == 0 || warned == 0 {
+		t.Errorf("input too weak: %d results with contested frontends, %d decided by creation time, %d with warnings", contested, byAge, warned)
 	}
+	t.Logf("%d results with contested frontends, %d decided by creation time, %d with warnings", contested, byAge, warned)
 }
 
 func FuzzComputer(f *testing.F) {

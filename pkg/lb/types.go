@@ -5,6 +5,7 @@
 package lb
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"time"
@@ -48,10 +49,7 @@ func (f Frontend) Compare(o Frontend) int {
 	if c := f.Addr.Compare(o.Addr); c != 0 {
 		return c
 	}
-	if f.Port != o.Port {
-		return cmpInt(int(f.Port), int(o.Port))
-	}
-	return cmpInt(int(f.Proto), int(o.Proto))
+	return cmp.Or(cmp.Compare(f.Port, o.Port), cmp.Compare(f.Proto, o.Proto))
 }
 
 // Backend is one endpoint address and target port a frontend balances over.
@@ -67,7 +65,7 @@ func (b Backend) Compare(o Backend) int {
 	if c := b.Addr.Compare(o.Addr); c != 0 {
 		return c
 	}
-	return cmpInt(int(b.Port), int(o.Port))
+	return cmp.Compare(b.Port, o.Port)
 }
 
 // FrontendKind says which part of a Service a frontend comes from.
@@ -146,14 +144,4 @@ type NodeInfo struct {
 // State is the complete desired state, sorted by frontend.
 type State struct {
 	Services []Service
-}
-
-func cmpInt(a, b int) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -6,6 +6,14 @@
 // steps: maps that no attached program reads yet (a first start, a new map
 // layout) are filled in between, while the programs attached before keep
 // serving from their own maps. Only Cleanup detaches and unpins.
+//
+// One process writes a pin directory: the agent holds an flock on it
+// (AcquireLock) while it runs, Cleanup takes it while it works, and
+// Prepare refuses a cgroup where socklb programs of another pin directory
+// run. Paths are checked before anything is changed on them: nothing is
+// created or removed off bpffs, and Cleanup removes only the pins it
+// recognizes as socklb's. Verify reads the pins and links back and Repair
+// puts back what someone removed or detached.
 package loader
 
 import (
@@ -18,6 +26,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -47,17 +56,35 @@ var (
 
 // Options say where to pin and where to attach.
 type Options struct {
-	// BPFFSPath is the pin directory; it must be on bpffs.
+	// BPFFSPath is the pin directory; it must be on bpffs (or, when it
+	// does not exist yet, its nearest existing parent must be).
 	BPFFSPath string
 	// CgroupPath is the cgroup v2 directory the programs attach to.
 	CgroupPath string
+	// Lock, when set, is the caller's lock on BPFFSPath (AcquireLock),
+	// held for as long as the agent runs. Without one Prepare takes the
+	// lock itself, without waiting (ErrInUse), and the Datapath holds it
+	// until Close.
+	Lock *Lock
 	// MaxServiceEntries overrides the service map size when non-zero
-	// (frontends plus two halves of backend slots each).
+	// (frontends plus two halves of backend slots each). The maps that
+	// scale with it follow: the member map (one entry per slot) gets as
+	// many entries, the counter and name maps (one entry per frontend)
+	// half as many.
 	MaxServiceEntries uint32
-	// MaxBackends overrides the backend map size when non-zero.
-	MaxBackends uint32
-	Logger      *slog.Logger
+	// MaxBackendEntries overrides the backend map size when non-zero.
+	MaxBackendEntries uint32
+	Logger            *slog.Logger
 }
+
+// The maps whose sizes Options set.
+const (
+	mapService  = socklb.BpfMapSocklbSvcV3
+	mapMember   = socklb.BpfMapSocklbMembV3
+	mapCounters = socklb.BpfMapSocklbCntV3
+	mapNames    = socklb.BpfMapSocklbNameV3
+	mapBackend  = socklb.BpfMapSocklbBeV3
+)
 
 // Datapath holds the loaded maps and programs of a running agent and, once
 // attached, its links. Closing it releases this process's handles; the
@@ -66,17 +93,26 @@ type Datapath struct {
 	Maps socklb.BpfMaps
 	// Features is what the kernel was found to support.
 	Features []Feature
-	links    []link.Link
+	links    []attachedLink
 	iters    []iterator
+	// pinnedMaps are the maps of Maps that live in the pin directory, by
+	// pin name.
+	pinnedMaps map[string]*ebpf.Map
 
 	// What Prepare leaves for Attach.
 	dir, cgroupPath string
+	cgroupID        uint64
 	log             *slog.Logger
 	spec            *ebpf.CollectionSpec
 	pending         []pendingProgram
 	staleLinks      []string
 	inUse           bool
 	attached        atomic.Bool
+	// lock is the pin directory's lock when Prepare took it itself.
+	lock *Lock
+	// mu serializes Attach, Verify, Repair and Close, which the agent
+	// may call from different goroutines (first sync, reconciliation).
+	mu sync.Mutex
 }
 
 // pendingProgram is a cgroup program loaded but not attached yet.
@@ -89,15 +125,29 @@ type pendingProgram struct {
 	pinned link.Link
 }
 
-// Close releases the handles without detaching anything.
+// attachedLink is a program Attach attached, and its pinned link. The
+// program stays open so that Repair can attach it again.
+type attachedLink struct {
+	name, section string
+	attachType    ebpf.AttachType
+	prog          *ebpf.Program
+	link          link.Link
+}
+
+// Close releases the handles without detaching anything, and the pin
+// directory's lock if Prepare took it.
 func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	errs := []error{d.Maps.Close()}
 	for _, l := range d.links {
-		errs = append(errs, l.Close())
+		errs = append(errs, l.link.Close(), l.prog.Close())
 	}
+	d.links = nil
 	for _, it := range d.iters {
 		errs = append(errs, it.link.Close())
 	}
+	d.iters = nil
 	for _, p := range d.pending {
 		errs = append(errs, p.prog.Close())
 		if p.pinned != nil {
@@ -105,6 +155,8 @@ func (d *Datapath) Close() error {
 		}
 	}
 	d.pending = nil
+	errs = append(errs, d.lock.Close())
+	d.lock = nil
 	return errors.Join(errs...)
 }
 
@@ -113,9 +165,9 @@ func (d *Datapath) Close() error {
 // another layout is pinned beside them (Attach removes those only once
 // every hook has switched) and a link is pinned. Then Attach swaps
 // programs over the same data and can run at once. Otherwise the maps are
-// new to the datapath (first start, new map layout, or an agent that
-// stopped before its first Attach), and the caller should fill them before
-// Attach: connects in between would find no service.
+// new to the datapath (first start, new map layout, a resized map, or an
+// agent that stopped before its first Attach), and the caller should fill
+// them before Attach: connects in between would find no service.
 func (d *Datapath) MapsInUse() bool { return d.inUse }
 
 // Attached reports whether Attach has completed.
@@ -136,31 +188,64 @@ func Load(opts Options) (*Datapath, error) {
 }
 
 // Prepare loads the programs and pins (or reuses) the maps, and checks
-// that the links an earlier agent pinned belong to the cgroup; of the
-// programs it attaches only the socket iterators, which no traffic runs
-// through. Whatever programs the cgroup runs keep running until Attach.
+// that the links an earlier agent pinned belong to the cgroup and that no
+// other pin directory's socklb programs run there; of the programs it
+// attaches only the socket iterators, which no traffic runs through.
+// Whatever programs the cgroup runs keep running until Attach. A pinned
+// map whose size differs from the one asked for is moved aside and made
+// anew (see resizePinnedMaps). When Prepare fails, it removes what it
+// created (pins, and the directories made for the lock) and puts back what
+// it moved; nothing else.
 func Prepare(opts Options) (_ *Datapath, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := prepareDir(opts.BPFFSPath, log); err != nil {
-		return nil, err
+	if opts.BPFFSPath == "" {
+		return nil, errors.New("empty bpffs path")
 	}
+	dir := filepath.Clean(opts.BPFFSPath)
+	lock, owned := opts.Lock, false
+	if lock != nil && lock.dir != dir {
+		return nil, fmt.Errorf("the lock is on %s, not on the pin directory %s", lock.dir, dir)
+	}
+	// A failed start leaves what it found: it removes what it made (the
+	// directories made for the lock, the pins) and puts back what it
+	// moved.
+	var (
+		created []string
+		spec    *ebpf.CollectionSpec
+		before  map[string]bool
+		renamed []renamedPin
+	)
+	created = lock.takeCreated()
+	defer func() {
+		if err == nil {
+			return
+		}
+		err = errors.Join(err, undoStart(dir, spec, before, renamed, created))
+		if owned {
+			err = errors.Join(err, lock.Close())
+		}
+	}()
 	cgroupID, err := cgroupID(opts.CgroupPath)
 	if err != nil {
 		return nil, err
 	}
+	if lock == nil {
+		if lock, err = tryLock(dir, true, log); err != nil {
+			return nil, err
+		}
+		owned = true
+		created = lock.takeCreated()
+	}
 
-	spec, err := socklb.LoadBpf()
+	spec, err = socklb.LoadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("read bpf objects: %w", err)
 	}
-	if opts.MaxServiceEntries != 0 {
-		spec.Maps[socklb.BpfMapSocklbSvcV3].MaxEntries = opts.MaxServiceEntries
-	}
-	if opts.MaxBackends != 0 {
-		spec.Maps[socklb.BpfMapSocklbBeV3].MaxEntries = opts.MaxBackends
+	if err := setMapSizes(spec, opts); err != nil {
+		return nil, err
 	}
 	feats := ProbeFeatures()
 	logFeatures(log, feats)
@@ -179,24 +264,42 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 		// rewritten, replies not) would be worse than none.
 		return nil, fmt.Errorf("%w: this kernel cannot run %v (see the features logged above)", ErrKernelTooOld, missing)
 	}
-	reused := pinnedNames(opts.BPFFSPath, spec)
-	linkPins, staleMaps, err := otherPins(opts.BPFFSPath, spec)
+	if err := checkForeignPrograms(dir, opts.CgroupPath, spec); err != nil {
+		return nil, err
+	}
+	if before, err = dirEntries(dir); err != nil {
+		return nil, err
+	}
+	if renamed, err = resizePinnedMaps(dir, spec, log); err != nil {
+		return nil, err
+	}
+	reused := pinnedNames(dir, spec)
+	linkPins, staleMaps, err := otherPins(dir, spec)
 	if err != nil {
 		return nil, err
 	}
 
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: opts.BPFFSPath},
+		Maps: ebpf.MapOptions{PinPath: dir},
 	})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("load bpf objects: a map pinned under %s has another layout (run `agent cleanup` or move to a new map version): %w", opts.BPFFSPath, err)
+			return nil, fmt.Errorf("load bpf objects: a map pinned under %s has another layout (run `agent cleanup` or move to a new map version): %w", dir, err)
 		}
-		return nil, fmt.Errorf("load bpf objects: %+v", err)
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			// Its %+v is the whole verifier log; %v only its end.
+			log.Error("the verifier rejected a program", "log", fmt.Sprintf("%+v", ve))
+		}
+		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
 	// What is not detached from the collection below is not needed.
 	defer coll.Close()
-	dp := &Datapath{Features: feats, dir: opts.BPFFSPath, cgroupPath: opts.CgroupPath, log: log, spec: spec}
+	dp := &Datapath{Features: feats, dir: dir, cgroupPath: opts.CgroupPath, cgroupID: cgroupID,
+		log: log, spec: spec, pinnedMaps: map[string]*ebpf.Map{}}
+	for _, name := range pinnedMapNames(spec) {
+		dp.pinnedMaps[name] = coll.Maps[name]
+	}
 	if err := coll.Assign(&dp.Maps); err != nil {
 		return nil, fmt.Errorf("assign maps: %w", err)
 	}
@@ -206,7 +309,7 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 		}
 	}()
 	dp.inUse = len(reused) == len(pinnedMapNames(spec)) && len(staleMaps) == 0 && len(linkPins) > 0
-	log.Info("maps ready", "bpffs", opts.BPFFSPath, "reused", reused, "in_use", dp.inUse)
+	log.Info("maps ready", "bpffs", dir, "reused", reused, "in_use", dp.inUse)
 
 	ours := map[string]bool{}
 	names := slices.Sorted(maps.Keys(coll.Programs))
@@ -223,7 +326,7 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 			continue
 		}
 		ours[linkPrefix+name] = true
-		pinned, err := openPinnedLink(opts.BPFFSPath, opts.CgroupPath, cgroupID, name)
+		pinned, err := openPinnedLink(dir, opts.CgroupPath, cgroupID, name)
 		if err != nil {
 			return nil, err
 		}
@@ -235,16 +338,21 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 			dp.staleLinks = append(dp.staleLinks, pin)
 		}
 	}
+	if owned {
+		dp.lock = lock
+	}
 	return dp, nil
 }
 
 // Attach makes the cgroup run the prepared programs: the program of a
 // pinned link is replaced in one step, so that the hook is never empty,
 // and a hook without one gets a new pinned link. Then the links and maps
-// of older versions, which no hook uses any more, are detached and
-// unpinned. After a failure Attach may be called again; after success it
-// does nothing.
+// of older versions (and the old pins of resized maps), which no hook
+// uses any more, are detached and unpinned. After a failure Attach may be
+// called again; after success it does nothing.
 func (d *Datapath) Attach() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.attached.Load() {
 		return nil
 	}
@@ -255,9 +363,8 @@ func (d *Datapath) Attach() error {
 			return err
 		}
 		d.pending = d.pending[1:]
-		d.links = append(d.links, l)
-		// The link holds the program now.
-		p.prog.Close()
+		d.links = append(d.links, attachedLink{name: p.name, section: p.section,
+			attachType: p.attachType, prog: p.prog, link: l})
 		d.log.Info("program attached", "program", p.name, "hook", p.section,
 			"cgroup", d.cgroupPath, "replaced_in_place", replaced)
 	}
@@ -350,136 +457,6 @@ func OpenPinnedMaps(dir string) (*socklb.BpfMaps, error) {
 		return nil, fmt.Errorf("assign pinned maps: %w", err)
 	}
 	return &m, nil
-}
-
-// removeStalePins unpins socklb maps under dir that the current objects do
-// not define: the layouts an older agent used.
-func removeStalePins(dir string, spec *ebpf.CollectionSpec, log *slog.Logger) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("read pin directory: %w", err)
-	}
-	for _, e := range entries {
-		name := e.Name()
-		if !strings.HasPrefix(name, "socklb_") || spec.Maps[name] != nil {
-			continue
-		}
-		if err := os.Remove(filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("unpin stale map %s: %w", name, err)
-		}
-		log.Info("unpinned a map of an older layout", "map", name)
-	}
-	return nil
-}
-
-// Cleanup detaches every pinned link under dir and unpins every map, then
-// removes dir. What is not there is skipped, so Cleanup can be rerun.
-func Cleanup(dir string, log *slog.Logger) error {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		log.Info("nothing to clean up", "bpffs", dir)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("cleanup: %w", err)
-	}
-	spec, err := socklb.LoadBpf()
-	if err != nil {
-		return fmt.Errorf("read bpf objects: %w", err)
-	}
-	var errs []error
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		switch {
-		case strings.HasPrefix(e.Name(), linkPrefix):
-			if err := detachPinned(p); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			log.Info("detached", "link", p)
-		case spec.Maps[e.Name()] != nil || strings.HasPrefix(e.Name(), "socklb_"):
-			if err := os.Remove(p); err != nil {
-				errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
-				continue
-			}
-			log.Info("unpinned", "map", p)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("cleanup %s: %w", dir, err)
-	}
-	if err := os.Remove(dir); err != nil {
-		return fmt.Errorf("cleanup: remove %s: %w", dir, err)
-	}
-	return nil
-}
-
-func detachPinned(pin string) error {
-	l, err := link.LoadPinnedLink(pin, nil)
-	if err != nil {
-		return fmt.Errorf("open pinned link %s: %w", pin, err)
-	}
-	defer l.Close()
-	// Detach works while other processes still hold the link, unlike
-	// unpinning alone.
-	if err := l.Detach(); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
-		return fmt.Errorf("detach %s: %w", pin, err)
-	}
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpin %s: %w", pin, err)
-	}
-	return nil
-}
-
-// prepareDir makes sure dir exists on bpffs with mode 0700, so pins are
-// not reachable by other users; a looser existing one is tightened, and
-// logged, since someone else made or changed it.
-func prepareDir(dir string, log *slog.Logger) error {
-	if dir == "" {
-		return errors.New("empty bpffs path")
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin directory: %w", err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("pin directory: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm != 0o700 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("restrict pin directory: %w", err)
-		}
-		log.Warn("pin directory was open to others; restricted it to mode 0700", "bpffs", dir, "old_mode", fmt.Sprintf("%#o", perm))
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("%s: %w (mount one with `mount -t bpf bpf /sys/fs/bpf`)", dir, ErrNotBPFFS)
-	}
-	return nil
-}
-
-// otherPins lists what is pinned under dir besides this version's maps:
-// the links of every version, and the maps of other layouts.
-func otherPins(dir string, spec *ebpf.CollectionSpec) (links, staleMaps []string, err error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read pin directory: %w", err)
-	}
-	for _, e := range entries {
-		switch name := e.Name(); {
-		case strings.HasPrefix(name, linkPrefix):
-			links = append(links, filepath.Join(dir, name))
-		case strings.HasPrefix(name, "socklb_") && spec.Maps[name] == nil:
-			staleMaps = append(staleMaps, name)
-		}
-	}
-	return links, staleMaps, nil
 }
 
 // pinnedMapNames are the maps of spec that live in the pin directory.

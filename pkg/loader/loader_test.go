@@ -98,7 +98,6 @@ func TestPrivilegedPinsSurviveAndAreReused(t *testing.T) {
 	// A second start reuses the maps (the backend is still there) and
 	// swaps the program inside the same link.
 	dp2 := mustLoad(t, opts)
-	defer dp2.Close()
 	bes, err := maps.New(&dp2.Maps).Backends()
 	if err != nil || bes[7] != be {
 		t.Errorf("backend map after restart = %v (%v), want backend 7 kept", bes, err)
@@ -108,6 +107,11 @@ func TestPrivilegedPinsSurviveAndAreReused(t *testing.T) {
 		t.Errorf("after restart: attached %v; want exactly one, the new program (old %d)", got, progs[0].ID)
 	}
 
+	// The agent holds the pin directory until it stops.
+	if err := Cleanup(dir, nil); !errors.Is(err, ErrInUse) {
+		t.Errorf("cleanup while the agent runs: %v, want ErrInUse", err)
+	}
+	dp2.Close()
 	if err := Cleanup(dir, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -136,16 +140,31 @@ func TestPrivilegedLoadRefusesWhatItCannotUse(t *testing.T) {
 		t.Error("attaching to a directory that is not a cgroup succeeded")
 	}
 
-	dp := mustLoad(t, Options{BPFFSPath: dir, CgroupPath: cg.Path(), MaxBackends: 1024})
+	dp := mustLoad(t, Options{BPFFSPath: dir, CgroupPath: cg.Path(), MaxBackendEntries: 1024})
 	dp.Close()
-	if _, err := Load(Options{BPFFSPath: dir, CgroupPath: other.Path(), MaxBackends: 1024}); !errors.Is(err, ErrCgroupMismatch) {
+	if _, err := Load(Options{BPFFSPath: dir, CgroupPath: other.Path(), MaxBackendEntries: 1024}); !errors.Is(err, ErrCgroupMismatch) {
 		t.Errorf("same pins, other cgroup: %v, want ErrCgroupMismatch", err)
 	}
 	if len(attachedPrograms(t, other.Path())) != 0 {
 		t.Error("a refused load attached to the other cgroup")
 	}
-	if _, err := Load(Options{BPFFSPath: dir, CgroupPath: cg.Path(), MaxBackends: 2048}); !errors.Is(err, ebpf.ErrMapIncompatible) {
-		t.Errorf("pinned map of another size: %v, want ErrMapIncompatible", err)
+	// A map of another size is resized (TestPrivilegedFinding2ResizePinnedMap);
+	// one of another layout is refused.
+	odd := filepath.Join(sandbox.MountBPFFS(t), "socklb")
+	t.Cleanup(func() { _ = Cleanup(odd, nil) })
+	if err := os.Mkdir(odd, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(filepath.Join(odd, socklb.BpfMapSocklbBeV3)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(Options{BPFFSPath: odd, CgroupPath: other.Path()}); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		t.Errorf("pinned map of another layout: %v, want ErrMapIncompatible", err)
 	}
 }
 

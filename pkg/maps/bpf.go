@@ -3,6 +3,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -13,15 +14,57 @@ import (
 // the caller closes m.
 func New(m *socklb.BpfMaps) Maps {
 	return &store{
-		svc:   ebpfTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{m.SocklbSvcV3},
-		be:    ebpfTable[uint32, socklb.BpfBackend]{m.SocklbBeV3},
-		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV3},
-		aff:   ebpfTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{m.SocklbAffV3},
-		cnt:   percpuCounters{m.SocklbCntV3},
+		svc:   ebpfTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{m.SocklbSvcV3, socklb.BpfMapSocklbSvcV3},
+		be:    ebpfTable[uint32, socklb.BpfBackend]{m.SocklbBeV3, socklb.BpfMapSocklbBeV3},
+		memb:  ebpfTable[socklb.BpfSvcMember, uint8]{m.SocklbMembV3, socklb.BpfMapSocklbMembV3},
+		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV3, socklb.BpfMapSocklbNameV3},
+		aff:   ebpfTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{m.SocklbAffV3, socklb.BpfMapSocklbAffV3},
+		cnt:   percpuCounters{m.SocklbCntV3, socklb.BpfMapSocklbCntV3},
+		capacity: Capacity{
+			Services: maxEntries(m.SocklbSvcV3),
+			Backends: maxEntries(m.SocklbBeV3),
+			Members:  maxEntries(m.SocklbMembV3),
+			Counters: maxEntries(m.SocklbCntV3),
+			Names:    maxEntries(m.SocklbNameV3),
+		},
 	}
 }
 
-type ebpfTable[K comparable, V any] struct{ m *ebpf.Map }
+func maxEntries(m *ebpf.Map) int {
+	if m == nil {
+		return 0
+	}
+	return int(m.MaxEntries())
+}
+
+// DefaultCapacity is the max_entries that the compiled objects declare,
+// which a datapath has unless its loader was told otherwise.
+var DefaultCapacity = sync.OnceValues(func() (Capacity, error) {
+	spec, err := socklb.LoadBpf()
+	if err != nil {
+		return Capacity{}, fmt.Errorf("read bpf objects: %w", err)
+	}
+	entries := func(name string) int {
+		if ms := spec.Maps[name]; ms != nil {
+			return int(ms.MaxEntries)
+		}
+		return 0
+	}
+	return Capacity{
+		Services: entries(socklb.BpfMapSocklbSvcV3),
+		Backends: entries(socklb.BpfMapSocklbBeV3),
+		Members:  entries(socklb.BpfMapSocklbMembV3),
+		Counters: entries(socklb.BpfMapSocklbCntV3),
+		Names:    entries(socklb.BpfMapSocklbNameV3),
+	}, nil
+})
+
+// ebpfTable is one kernel map; name is its name in the objects, for
+// errors.
+type ebpfTable[K comparable, V any] struct {
+	m    *ebpf.Map
+	name string
+}
 
 func (t ebpfTable[K, V]) lookup(k K) (V, bool, error) {
 	var v V
@@ -29,17 +72,19 @@ func (t ebpfTable[K, V]) lookup(k K) (V, bool, error) {
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return v, false, nil
 	}
-	return v, err == nil, err
+	return v, err == nil, mapError(t.name, err)
 }
 
-func (t ebpfTable[K, V]) put(k K, v V) error { return t.m.Update(&k, &v, ebpf.UpdateAny) }
+func (t ebpfTable[K, V]) put(k K, v V) error {
+	return mapError(t.name, t.m.Update(&k, &v, ebpf.UpdateAny))
+}
 
 func (t ebpfTable[K, V]) create(k K, v V) (bool, error) {
 	err := t.m.Update(&k, &v, ebpf.UpdateNoExist)
 	if errors.Is(err, ebpf.ErrKeyExist) {
 		return true, nil
 	}
-	return false, err
+	return false, mapError(t.name, err)
 }
 
 func (t ebpfTable[K, V]) remove(k K) error {
@@ -47,7 +92,7 @@ func (t ebpfTable[K, V]) remove(k K) error {
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
 	}
-	return err
+	return mapError(t.name, err)
 }
 
 func (t ebpfTable[K, V]) all() (map[K]V, error) {
@@ -61,12 +106,15 @@ func (t ebpfTable[K, V]) all() (map[K]V, error) {
 		out[k] = v
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate %s: %w", t.m, err)
+		return nil, mapError(t.name, fmt.Errorf("iterate: %w", err))
 	}
 	return out, nil
 }
 
-type percpuCounters struct{ m *ebpf.Map }
+type percpuCounters struct {
+	m    *ebpf.Map
+	name string
+}
 
 func (c percpuCounters) create(id uint32) error {
 	cpus, err := ebpf.PossibleCPU()
@@ -78,7 +126,7 @@ func (c percpuCounters) create(id uint32) error {
 	if errors.Is(err, ebpf.ErrKeyExist) {
 		return nil
 	}
-	return err
+	return mapError(c.name, err)
 }
 
 func (c percpuCounters) read(id uint32) (Counters, bool, error) {
@@ -88,7 +136,7 @@ func (c percpuCounters) read(id uint32) (Counters, bool, error) {
 		return Counters{}, false, nil
 	}
 	if err != nil {
-		return Counters{}, false, err
+		return Counters{}, false, mapError(c.name, err)
 	}
 	var sum Counters
 	for _, v := range perCPU {
@@ -114,7 +162,7 @@ func (c percpuCounters) all() (map[uint32]Counters, error) {
 		out[id] = sum
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate %s: %w", c.m, err)
+		return nil, mapError(c.name, fmt.Errorf("iterate: %w", err))
 	}
 	return out, nil
 }
@@ -124,7 +172,7 @@ func (c percpuCounters) remove(id uint32) error {
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return nil
 	}
-	return err
+	return mapError(c.name, err)
 }
 
 // NewStats returns Stats over the kernel's maps; like New, it does not

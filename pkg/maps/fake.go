@@ -10,35 +10,70 @@ import (
 )
 
 // Fake is an in-memory Maps that stores the same keys and values as the
-// kernel's maps and runs the same publish logic. Tests use Lookup to trace
-// what a connect would get, and OnWrite to check every intermediate state a
-// concurrent reader could see.
+// kernel's maps, runs the same publish logic and enforces the same
+// capacities: an insert into a full map fails with ErrMapFull, replacing an
+// existing key does not need room. Tests use Lookup and SendTo to trace
+// what a connect or an unconnected send would get, OnWrite to check every
+// intermediate state a concurrent reader could see, and FailWrites to make
+// single element writes fail.
 type Fake struct {
 	*store
-	mu      sync.Mutex
-	svc     map[socklb.BpfSvcKey]socklb.BpfSvcValue
-	be      map[uint32]socklb.BpfBackend
-	names   map[uint32]socklb.BpfSvcName
-	aff     map[socklb.BpfAffinityKey]socklb.BpfAffinityValue
-	cnt     map[uint32]Counters
-	onWrite func()
+	mu        sync.Mutex
+	svc       map[socklb.BpfSvcKey]socklb.BpfSvcValue
+	be        map[uint32]socklb.BpfBackend
+	memb      map[socklb.BpfSvcMember]uint8
+	names     map[uint32]socklb.BpfSvcName
+	aff       map[socklb.BpfAffinityKey]socklb.BpfAffinityValue
+	cnt       map[uint32]Counters
+	onWrite   func()
+	failWrite func(Write) error
 }
 
-// NewFake returns an empty fake.
-func NewFake() *Fake {
+// Write is one element write or delete of the Fake, for FailWrites.
+type Write struct {
+	// Map is the BPF map's name, e.g. socklb.BpfMapSocklbMembV3.
+	Map string
+	// Delete is true for a delete, false for an insert or update.
+	Delete bool
+}
+
+// NewFake returns an empty fake with the capacities of the compiled
+// objects (DefaultCapacity).
+func NewFake() *Fake { return NewFakeWithCapacity(Capacity{}) }
+
+// NewFakeWithCapacity returns an empty fake whose maps hold at most c's
+// entries; a zero field takes the compiled objects' max_entries.
+func NewFakeWithCapacity(c Capacity) *Fake {
+	def, _ := DefaultCapacity() // the embedded objects always parse
+	orDefault := func(n, d int) int {
+		if n > 0 {
+			return n
+		}
+		return d
+	}
+	c = Capacity{
+		Services: orDefault(c.Services, def.Services),
+		Backends: orDefault(c.Backends, def.Backends),
+		Members:  orDefault(c.Members, def.Members),
+		Counters: orDefault(c.Counters, def.Counters),
+		Names:    orDefault(c.Names, def.Names),
+	}
 	f := &Fake{
 		svc:   make(map[socklb.BpfSvcKey]socklb.BpfSvcValue),
 		be:    make(map[uint32]socklb.BpfBackend),
+		memb:  make(map[socklb.BpfSvcMember]uint8),
 		names: make(map[uint32]socklb.BpfSvcName),
 		aff:   make(map[socklb.BpfAffinityKey]socklb.BpfAffinityValue),
 		cnt:   make(map[uint32]Counters),
 	}
 	f.store = &store{
-		svc:   memTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{f, f.svc},
-		be:    memTable[uint32, socklb.BpfBackend]{f, f.be},
-		names: memTable[uint32, socklb.BpfSvcName]{f, f.names},
-		aff:   memTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{f, f.aff},
-		cnt:   memCounters{f},
+		svc:      memTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{f, f.svc, socklb.BpfMapSocklbSvcV3, c.Services},
+		be:       memTable[uint32, socklb.BpfBackend]{f, f.be, socklb.BpfMapSocklbBeV3, c.Backends},
+		memb:     memTable[socklb.BpfSvcMember, uint8]{f, f.memb, socklb.BpfMapSocklbMembV3, c.Members},
+		names:    memTable[uint32, socklb.BpfSvcName]{f, f.names, socklb.BpfMapSocklbNameV3, c.Names},
+		aff:      memTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{f, f.aff, socklb.BpfMapSocklbAffV3, 0},
+		cnt:      memCounters{f, c.Counters},
+		capacity: c,
 	}
 	return f
 }
@@ -46,6 +81,17 @@ func NewFake() *Fake {
 // OnWrite registers fn to run after every single element write or delete,
 // with no lock held.
 func (f *Fake) OnWrite(fn func()) { f.onWrite = fn }
+
+// FailWrites makes every element write or delete ask fn first; an error
+// fails that write, nothing is written, and the error reaches the caller as
+// the kernel's would (named after the map; return ErrNoMemory or
+// ErrMapFull to have errors.Is find them). fn runs with the fake locked:
+// it must not call the fake. nil clears it.
+func (f *Fake) FailWrites(fn func(Write) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failWrite = fn
+}
 
 // ErrNoBackend is what Lookup returns for a frontend with no usable backend;
 // the program refuses such a connect with ECONNREFUSED.
@@ -57,6 +103,61 @@ var ErrNoBackend = errors.New("no backend")
 func (f *Fake) Lookup(fe Frontend, n uint32) (b Backend, ok bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	_, b, ok, err = f.selectLocked(fe, n)
+	return b, ok, err
+}
+
+// selectLocked is the program's lb_select without affinity: it picks live
+// slot n of fe and counts the outcome.
+func (f *Fake) selectLocked(fe Frontend, n uint32) (slot socklb.BpfSvcValue, b Backend, ok bool, err error) {
+	k, err := frontendKey(fe, 0)
+	if err != nil {
+		return slot, Backend{}, false, err
+	}
+	e, ok := f.svc[k]
+	if !ok {
+		return slot, Backend{}, false, nil
+	}
+	c := f.cnt[e.RevNatId]
+	defer func() { f.cnt[e.RevNatId] = c }()
+	if e.Count == 0 {
+		c.Refused++
+		return slot, Backend{}, true, ErrNoBackend
+	}
+	k.Slot = e.Base + uint16(n%uint32(e.Count)) + 1
+	slot, ok = f.svc[k]
+	if !ok {
+		return slot, Backend{}, true, fmt.Errorf("%s: live slot %d missing", fe, k.Slot)
+	}
+	// Like the program, only the slot is read: its copy of the backend is
+	// where the connect goes.
+	c.Connects++
+	return slot, toBackend(slot.Backend), true, nil
+}
+
+// UDPSocket is what the program remembers of one unconnected UDP socket
+// (its sock_state), for SendTo. The zero value is a new socket.
+type UDPSocket struct {
+	sent    bool
+	vip     Frontend // address and port; the program does not keep proto
+	revNAT  uint32
+	backend uint32
+}
+
+// Backend returns the backend the socket was last sent to by a rewrite.
+func (s *UDPSocket) Backend() (BackendID, bool) { return BackendID(s.backend), s.sent }
+
+// SendTo traces an unconnected sendto(fe) from sock, as the program's
+// sendmsg hook does: ok is false when fe is not a service (the datagram
+// goes to fe itself); a frontend without backends refuses (ErrNoBackend).
+// The socket keeps the backend it was sent to before while the live entry
+// of fe has the same frontend id and that backend's member entry exists;
+// it then goes to the backend map's value for the id. Otherwise it goes to
+// live slot n, as Lookup, and the socket remembers it. Every send that
+// goes to a backend is counted as a connect.
+func (f *Fake) SendTo(sock *UDPSocket, fe Frontend, n uint32) (b Backend, ok bool, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	k, err := frontendKey(fe, 0)
 	if err != nil {
 		return Backend{}, false, err
@@ -65,26 +166,31 @@ func (f *Fake) Lookup(fe Frontend, n uint32) (b Backend, ok bool, err error) {
 	if !ok {
 		return Backend{}, false, nil
 	}
-	c := f.cnt[e.RevNatId]
-	defer func() { f.cnt[e.RevNatId] = c }()
-	if e.Count == 0 {
-		c.Refused++
-		return Backend{}, true, ErrNoBackend
+	vip := keyFrontend(k)
+	vip.Proto = 0
+	if e.Count > 0 && sock.sent && sock.vip == vip && sock.revNAT == e.RevNatId {
+		_, member := f.memb[socklb.BpfSvcMember{RevNatId: e.RevNatId, BackendId: sock.backend}]
+		if be, found := f.be[sock.backend]; member && found {
+			c := f.cnt[e.RevNatId]
+			c.Connects++
+			f.cnt[e.RevNatId] = c
+			return toBackend(be), true, nil
+		}
 	}
-	k.Slot = e.Base + uint16(n%uint32(e.Count)) + 1
-	slot, ok := f.svc[k]
-	if !ok {
-		return Backend{}, true, fmt.Errorf("%s: live slot %d missing", fe, k.Slot)
+	slot, b, ok, err := f.selectLocked(fe, n)
+	if err != nil || !ok {
+		return b, ok, err
 	}
-	// Like the program, only the slot is read: its copy of the backend is
-	// where the connect goes.
-	c.Connects++
-	return toBackend(slot.Backend), true, nil
+	*sock = UDPSocket{sent: true, vip: vip, revNAT: e.RevNatId, backend: slot.BackendId}
+	return b, true, nil
 }
 
 // CheckConsistent reports every live entry whose slots or backends a reader
-// could fail to find, and every live slot whose copy of its backend is not
-// the backend its id names.
+// could fail to find, every live slot whose copy of its backend is not the
+// backend its id names, and every backend of a live set without its member
+// entry. Member entries of backends a live set does not list are not
+// reported: a publish writes them ahead of the entry, and Services reports
+// those that stay.
 func (f *Fake) CheckConsistent() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -100,6 +206,9 @@ func (f *Fake) CheckConsistent() error {
 			if !ok {
 				errs = append(errs, fmt.Errorf("%s: live slot %d missing", keyFrontend(k), sk.Slot))
 				continue
+			}
+			if _, ok := f.memb[socklb.BpfSvcMember{RevNatId: e.RevNatId, BackendId: slot.BackendId}]; !ok {
+				errs = append(errs, fmt.Errorf("%s: backend %d of slot %d has no member entry", keyFrontend(k), slot.BackendId, sk.Slot))
 			}
 			be, ok := f.be[slot.BackendId]
 			if !ok {
@@ -138,15 +247,37 @@ func (f *Fake) Len() (svc, be int) {
 	return len(f.svc), len(f.be)
 }
 
+// Members returns the number of entries in the member map.
+func (f *Fake) Members() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.memb)
+}
+
 func (f *Fake) wrote() {
 	if f.onWrite != nil {
 		f.onWrite()
 	}
 }
 
+// checkWriteLocked asks FailWrites about one write.
+func (f *Fake) checkWriteLocked(name string, del bool) error {
+	if f.failWrite == nil {
+		return nil
+	}
+	return mapError(name, f.failWrite(Write{Map: name, Delete: del}))
+}
+
+// errFull is the kernel's answer to an insert into a full hash map.
+func errFull(name string, max int) error {
+	return mapError(name, fmt.Errorf("%w (max_entries %d)", ErrMapFull, max))
+}
+
 type memTable[K comparable, V any] struct {
-	f *Fake
-	m map[K]V
+	f    *Fake
+	m    map[K]V
+	name string
+	max  int // 0: unlimited
 }
 
 func (t memTable[K, V]) lookup(k K) (V, bool, error) {
@@ -158,6 +289,14 @@ func (t memTable[K, V]) lookup(k K) (V, bool, error) {
 
 func (t memTable[K, V]) put(k K, v V) error {
 	t.f.mu.Lock()
+	if err := t.f.checkWriteLocked(t.name, false); err != nil {
+		t.f.mu.Unlock()
+		return err
+	}
+	if _, ok := t.m[k]; !ok && t.max > 0 && len(t.m) >= t.max {
+		t.f.mu.Unlock()
+		return errFull(t.name, t.max)
+	}
 	t.m[k] = v
 	t.f.mu.Unlock()
 	t.f.wrote()
@@ -166,8 +305,16 @@ func (t memTable[K, V]) put(k K, v V) error {
 
 func (t memTable[K, V]) create(k K, v V) (bool, error) {
 	t.f.mu.Lock()
+	if err := t.f.checkWriteLocked(t.name, false); err != nil {
+		t.f.mu.Unlock()
+		return false, err
+	}
 	_, existed := t.m[k]
 	if !existed {
+		if t.max > 0 && len(t.m) >= t.max {
+			t.f.mu.Unlock()
+			return false, errFull(t.name, t.max)
+		}
 		t.m[k] = v
 	}
 	t.f.mu.Unlock()
@@ -179,6 +326,10 @@ func (t memTable[K, V]) create(k K, v V) (bool, error) {
 
 func (t memTable[K, V]) remove(k K) error {
 	t.f.mu.Lock()
+	if err := t.f.checkWriteLocked(t.name, true); err != nil {
+		t.f.mu.Unlock()
+		return err
+	}
 	delete(t.m, k)
 	t.f.mu.Unlock()
 	t.f.wrote()
@@ -191,12 +342,21 @@ func (t memTable[K, V]) all() (map[K]V, error) {
 	return maps.Clone(t.m), nil
 }
 
-type memCounters struct{ f *Fake }
+type memCounters struct {
+	f   *Fake
+	max int
+}
 
 func (c memCounters) create(id uint32) error {
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
+	if err := c.f.checkWriteLocked(socklb.BpfMapSocklbCntV3, false); err != nil {
+		return err
+	}
 	if _, ok := c.f.cnt[id]; !ok {
+		if c.max > 0 && len(c.f.cnt) >= c.max {
+			return errFull(socklb.BpfMapSocklbCntV3, c.max)
+		}
 		c.f.cnt[id] = Counters{}
 	}
 	return nil
@@ -218,6 +378,9 @@ func (c memCounters) all() (map[uint32]Counters, error) {
 func (c memCounters) remove(id uint32) error {
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
+	if err := c.f.checkWriteLocked(socklb.BpfMapSocklbCntV3, true); err != nil {
+		return err
+	}
 	delete(c.f.cnt, id)
 	return nil
 }

@@ -1,6 +1,9 @@
 package maps
 
-import "sync"
+import (
+	"fmt"
+	"sync"
+)
 
 // Op names a Maps method, for fault injection.
 type Op string
@@ -23,6 +26,26 @@ type Faulty struct {
 	mu    sync.Mutex
 	// fail is asked before every call; a non-nil error fails the call.
 	fail func(op Op) error
+}
+
+// FailNth returns a fault decision that fails the n-th call (from 1) of op
+// with err, and no other call. FailNth(OpPublishService, 3, ErrNoMemory)
+// makes the third publish fail as a failed per-CPU allocation would.
+func FailNth(op Op, n int, err error) func(Op) error {
+	var mu sync.Mutex
+	calls := 0
+	return func(o Op) error {
+		if o != op {
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls == n {
+			return fmt.Errorf("injected fault in call %d of %s: %w", n, op, err)
+		}
+		return nil
+	}
 }
 
 // NewFaulty wraps inner; fail decides which calls fail.
@@ -89,6 +112,8 @@ func (f *Faulty) Backends() (map[BackendID]Backend, error) {
 }
 
 func (f *Faulty) Counters(id RevNATID) (Counters, error) { return f.Inner.Counters(id) }
+
+func (f *Faulty) Capacity() Capacity { return f.Inner.Capacity() }
 
 func (f *Faulty) Prune() (int, error) {
 	if err := f.check(OpPrune); err != nil {

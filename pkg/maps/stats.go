@@ -66,6 +66,7 @@ func MapUsage(m *socklb.BpfMaps) ([]Usage, error) {
 	}{
 		{m.SocklbSvcV3, countBatch[socklb.BpfSvcKey, socklb.BpfSvcValue]},
 		{m.SocklbBeV3, countBatch[uint32, socklb.BpfBackend]},
+		{m.SocklbMembV3, countBatch[socklb.BpfSvcMember, uint8]},
 		// Per-CPU values do not batch as plain slices; this map has one
 		// entry per frontend, not per backend slot.
 		{m.SocklbCntV3, countKeys},

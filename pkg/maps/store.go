@@ -34,9 +34,12 @@ type counterTable interface {
 type store struct {
 	svc   table[socklb.BpfSvcKey, socklb.BpfSvcValue]
 	be    table[uint32, socklb.BpfBackend]
+	memb  table[socklb.BpfSvcMember, uint8]
 	names table[uint32, socklb.BpfSvcName]
 	aff   table[socklb.BpfAffinityKey, socklb.BpfAffinityValue]
 	cnt   counterTable
+
+	capacity Capacity
 
 	// bes mirrors what this store wrote to (and read from) the backend
 	// map, so that a publish copies each backend into its slot without a
@@ -157,11 +160,15 @@ func (s *store) backendValues(ids []BackendID) ([]socklb.BpfBackend, error) {
 	return out, nil
 }
 
-// PublishService writes the new backends (id and copy) into the half of the
-// slot range that the live entry does not use, replaces the entry (one
-// element update, which readers see whole), then deletes the old half. A
-// reader holding the old entry still finds the old slots until that last
-// step, and the program rereads the entry when a slot has gone.
+// PublishService writes a member entry for each new backend and the new
+// backends (id and copy) into the half of the slot range that the live
+// entry does not use; then it replaces the entry (one element update, which readers
+// see whole), deletes the old half, and last the member entries of the
+// backends that left. A reader holding the old entry still finds the old
+// slots until then, and the program rereads the entry when a slot has
+// gone; at no moment does the live set list a backend without its member
+// entry. A publish that fails before the entry is replaced takes back the
+// member entries it created.
 func (s *store) PublishService(svc Service) error {
 	if len(svc.Backends) > MaxBackendsPerService {
 		return fmt.Errorf("publish %s: %d backends: %w", svc.Frontend, len(svc.Backends), ErrTooManyBackends)
@@ -179,22 +186,28 @@ func (s *store) PublishService(svc Service) error {
 	if err != nil {
 		return fmt.Errorf("publish %s: read entry: %w", svc.Frontend, err)
 	}
+	var oldIDs []uint32
+	if live {
+		if oldIDs, err = s.slotIDs(entryKey, old); err != nil {
+			return fmt.Errorf("publish %s: %w", svc.Frontend, err)
+		}
+	}
 	var base uint16
 	if live && old.Base == 0 {
 		base = slotHalf
 	}
-	for i, id := range svc.Backends {
+	// Members first: then every slot in the map, of either half, has the
+	// member entry of its backend.
+	created, err := s.addMembers(uint32(svc.RevNATID), svc.Backends)
+	for i := 0; err == nil && i < len(svc.Backends); i++ {
 		k := entryKey
 		k.Slot = base + uint16(i) + 1
-		if err := s.svc.put(k, socklb.BpfSvcValue{BackendId: uint32(id), Backend: bes[i]}); err != nil {
-			return fmt.Errorf("publish %s: write slot %d: %w", svc.Frontend, k.Slot, err)
+		if err = s.svc.put(k, socklb.BpfSvcValue{BackendId: uint32(svc.Backends[i]), Backend: bes[i]}); err != nil {
+			err = fmt.Errorf("write slot %d: %w", k.Slot, err)
 		}
 	}
-	if err := s.cnt.create(uint32(svc.RevNATID)); err != nil {
-		return fmt.Errorf("publish %s: create counters %d: %w", svc.Frontend, svc.RevNATID, err)
-	}
-	if err := s.names.put(uint32(svc.RevNATID), encodeName(svc.Name)); err != nil {
-		return fmt.Errorf("publish %s: write name: %w", svc.Frontend, err)
+	if err == nil {
+		err = s.writeIDState(svc)
 	}
 	entry := socklb.BpfSvcValue{
 		Count:           uint16(len(svc.Backends)),
@@ -203,12 +216,22 @@ func (s *store) PublishService(svc Service) error {
 		Flags:           svc.Flags,
 		AffinityTimeout: svc.AffinityTimeout,
 	}
-	if err := s.svc.put(entryKey, entry); err != nil {
-		return fmt.Errorf("publish %s: write entry: %w", svc.Frontend, err)
+	if err == nil {
+		if err = s.svc.put(entryKey, entry); err != nil {
+			err = fmt.Errorf("write entry: %w", err)
+		}
+	}
+	if err != nil {
+		// The old set is still live: members written for the new one
+		// would let a socket keep a backend the live set does not list.
+		return fmt.Errorf("publish %s: %w", svc.Frontend, errors.Join(err, s.removeMembers(created)))
 	}
 	if live {
 		if err := s.removeSlots(entryKey, old.Base, old.Count); err != nil {
 			return fmt.Errorf("publish %s: delete old slots: %w", svc.Frontend, err)
+		}
+		if err := s.removeMembers(leftMembers(old.RevNatId, oldIDs, entry.RevNatId, svc.Backends)); err != nil {
+			return fmt.Errorf("publish %s: %w", svc.Frontend, err)
 		}
 		if old.RevNatId != entry.RevNatId {
 			if err := s.removeIDState(old.RevNatId); err != nil {
@@ -232,6 +255,81 @@ func (s *store) PublishService(svc Service) error {
 		}
 	}
 	return nil
+}
+
+// writeIDState creates the frontend's counters and writes its name.
+func (s *store) writeIDState(svc Service) error {
+	if err := s.cnt.create(uint32(svc.RevNATID)); err != nil {
+		return fmt.Errorf("create counters %d: %w", svc.RevNATID, err)
+	}
+	if err := s.names.put(uint32(svc.RevNATID), encodeName(svc.Name)); err != nil {
+		return fmt.Errorf("write name: %w", err)
+	}
+	return nil
+}
+
+// slotIDs reads the backend ids of an entry's live slots; a missing slot
+// (damage, see Services) is skipped.
+func (s *store) slotIDs(entryKey socklb.BpfSvcKey, e socklb.BpfSvcValue) ([]uint32, error) {
+	ids := make([]uint32, 0, e.Count)
+	for i := uint16(1); i <= e.Count; i++ {
+		k := entryKey
+		k.Slot = e.Base + i
+		v, ok, err := s.svc.lookup(k)
+		if err != nil {
+			return nil, fmt.Errorf("read slot %d: %w", k.Slot, err)
+		}
+		if ok {
+			ids = append(ids, v.BackendId)
+		}
+	}
+	return ids, nil
+}
+
+// addMembers creates the member entry of each backend and returns the
+// ones that were not there before.
+func (s *store) addMembers(revNAT uint32, ids []BackendID) ([]socklb.BpfSvcMember, error) {
+	var created []socklb.BpfSvcMember
+	for _, id := range ids {
+		m := socklb.BpfSvcMember{RevNatId: revNAT, BackendId: uint32(id)}
+		existed, err := s.memb.create(m, 1)
+		if err != nil {
+			return created, fmt.Errorf("write member entry of backend %d: %w", id, err)
+		}
+		if !existed {
+			created = append(created, m)
+		}
+	}
+	return created, nil
+}
+
+func (s *store) removeMembers(ms []socklb.BpfSvcMember) error {
+	var errs []error
+	for _, m := range ms {
+		if err := s.memb.remove(m); err != nil {
+			errs = append(errs, fmt.Errorf("delete member entry of backend %d: %w", m.BackendId, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// leftMembers returns the member entries of the old set that the new set
+// does not have.
+func leftMembers(oldRevNAT uint32, oldIDs []uint32, newRevNAT uint32, newIDs []BackendID) []socklb.BpfSvcMember {
+	stay := make(map[uint32]bool, len(newIDs))
+	if oldRevNAT == newRevNAT {
+		for _, id := range newIDs {
+			stay[uint32(id)] = true
+		}
+	}
+	var out []socklb.BpfSvcMember
+	for _, id := range oldIDs {
+		if !stay[id] {
+			stay[id] = true // once, also for an id listed twice
+			out = append(out, socklb.BpfSvcMember{RevNatId: oldRevNAT, BackendId: id})
+		}
+	}
+	return out
 }
 
 // purgeAffinity drops the affinity entries of a frontend whose backend is
@@ -278,7 +376,7 @@ func (s *store) removeIDState(id uint32) error {
 }
 
 // DeleteService removes the entry first, so that readers stop finding the
-// frontend before its slots go.
+// frontend before its slots and member entries go.
 func (s *store) DeleteService(fe Frontend) error {
 	entryKey, err := frontendKey(fe, 0)
 	if err != nil {
@@ -291,10 +389,17 @@ func (s *store) DeleteService(fe Frontend) error {
 	if !live {
 		return nil
 	}
+	ids, err := s.slotIDs(entryKey, old)
+	if err != nil {
+		return fmt.Errorf("delete service %s: %w", fe, err)
+	}
 	if err := s.svc.remove(entryKey); err != nil {
 		return fmt.Errorf("delete service %s: delete entry: %w", fe, err)
 	}
 	if err := s.removeSlots(entryKey, old.Base, old.Count); err != nil {
+		return fmt.Errorf("delete service %s: %w", fe, err)
+	}
+	if err := s.removeMembers(leftMembers(old.RevNatId, ids, old.RevNatId, nil)); err != nil {
 		return fmt.Errorf("delete service %s: %w", fe, err)
 	}
 	if err := s.removeIDState(old.RevNatId); err != nil {
@@ -303,95 +408,7 @@ func (s *store) DeleteService(fe Frontend) error {
 	return nil
 }
 
-func (s *store) Services() ([]Service, error) {
-	all, err := s.svc.all()
-	if err != nil {
-		return nil, fmt.Errorf("read service map: %w", err)
-	}
-	names, err := s.names.all()
-	if err != nil {
-		return nil, fmt.Errorf("read name map: %w", err)
-	}
-	var out []Service
-	for k, v := range all {
-		if k.Slot != 0 {
-			continue
-		}
-		svc := Service{
-			Frontend:        keyFrontend(k),
-			RevNATID:        RevNATID(v.RevNatId),
-			Flags:           v.Flags,
-			AffinityTimeout: v.AffinityTimeout,
-			Name:            decodeName(names[v.RevNatId]),
-			Backends:        make([]BackendID, 0, v.Count),
-		}
-		for i := uint16(1); i <= v.Count; i++ {
-			sk := k
-			sk.Slot = v.Base + i
-			slot, ok := all[sk]
-			if !ok {
-				return nil, fmt.Errorf("read service %s: slot %d is missing", svc.Frontend, sk.Slot)
-			}
-			svc.Backends = append(svc.Backends, BackendID(slot.BackendId))
-		}
-		out = append(out, svc)
-	}
-	sortServices(out)
-	return out, nil
-}
-
-// Backends also refills the cache from what it read: a restarted agent
-// restores from here, and its publishes then find every backend cached.
-func (s *store) Backends() (map[BackendID]Backend, error) {
-	all, err := s.be.all()
-	if err != nil {
-		return nil, fmt.Errorf("read backend map: %w", err)
-	}
-	out := make(map[BackendID]Backend, len(all))
-	for id, v := range all {
-		out[BackendID(id)] = toBackend(v)
-	}
-	s.mu.Lock()
-	s.bes = all
-	s.mu.Unlock()
-	return out, nil
-}
-
-func (s *store) Counters(id RevNATID) (Counters, error) {
-	c, _, err := s.cnt.read(uint32(id))
-	if err != nil {
-		return Counters{}, fmt.Errorf("read counters %d: %w", id, err)
-	}
-	return c, nil
-}
-
-func (s *store) Prune() (int, error) {
-	all, err := s.svc.all()
-	if err != nil {
-		return 0, fmt.Errorf("prune: read service map: %w", err)
-	}
-	var pruned int
-	var errs []error
-	for k := range all {
-		if k.Slot == 0 {
-			continue
-		}
-		ek := k
-		ek.Slot = 0
-		if e, ok := all[ek]; ok && k.Slot > e.Base && k.Slot <= e.Base+e.Count {
-			continue
-		}
-		if err := s.svc.remove(k); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		pruned++
-	}
-	if err := errors.Join(errs...); err != nil {
-		return pruned, fmt.Errorf("prune: %w", err)
-	}
-	return pruned, nil
-}
+func (s *store) Capacity() Capacity { return s.capacity }
 
 func encodeName(name string) socklb.BpfSvcName {
 	var n socklb.BpfSvcName

@@ -18,13 +18,17 @@ import (
 
 const namespace = "socklb"
 
-// Sync records the outcome of map syncs.
+// Sync records the outcome of map syncs and of the jobs beside them.
 type Sync struct {
-	duration  prometheus.Histogram
-	errors    prometheus.Counter
-	frontends prometheus.Gauge
-	backends  prometheus.Gauge
-	lastOK    prometheus.Gauge
+	duration     prometheus.Histogram
+	errors       prometheus.Counter
+	frontends    prometheus.Gauge
+	backends     prometheus.Gauge
+	overCapacity prometheus.Gauge
+	inSync       prometheus.Gauge
+	lastOK       prometheus.Gauge
+	repaired     *prometheus.CounterVec
+	destroyed    prometheus.Counter
 }
 
 // NewSync registers the sync metrics with reg.
@@ -43,32 +47,76 @@ func NewSync(reg prometheus.Registerer) *Sync {
 		}),
 		frontends: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "frontends_programmed",
-			Help: "Frontends (service address, port and protocol) in the BPF maps after the last successful sync.",
+			Help: "Frontends (service address, port and protocol) in the BPF maps now, after the last sync attempt.",
 		}),
 		backends: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "backends_programmed",
-			Help: "Distinct backends in the BPF maps after the last successful sync.",
+			Help: "Distinct backends in the BPF maps now, after the last sync attempt.",
+		}),
+		overCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "frontends_over_capacity",
+			Help: "Frontends the BPF maps have no room for: not programmed, or kept at an older version (see the log and inspect).",
+		}),
+		inSync: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "maps_in_sync",
+			Help: "1 while the last map sync wrote everything it planned, 0 after a failed one until a sync succeeds.",
 		}),
 		lastOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "last_successful_sync_timestamp_seconds",
 			Help: "Unix time of the last successful map sync.",
 		}),
+		repaired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "drift_repaired_total",
+			Help: "Differences between the kernel and what the agent wrote, found by a reconciliation and repaired, by kind.",
+		}, []string{"kind"}),
+		destroyed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sockets_destroyed_total",
+			Help: "Sockets closed because their backend left their Service.",
+		}),
 	}
-	reg.MustRegister(s.duration, s.errors, s.frontends, s.backends, s.lastOK)
+	reg.MustRegister(s.duration, s.errors, s.frontends, s.backends, s.overCapacity, s.inSync, s.lastOK,
+		s.repaired, s.destroyed)
 	return s
 }
 
-// Observe records one sync that took took; frontends and backends are
-// what the maps hold after it, and are only recorded when err is nil.
-func (s *Sync) Observe(took time.Duration, frontends, backends int, err error) {
-	s.duration.Observe(took.Seconds())
-	if err != nil {
+// SyncResult is what one sync attempt reports.
+type SyncResult struct {
+	Took time.Duration
+	// Frontends and Backends are what the maps hold after the attempt,
+	// successful or not.
+	Frontends, Backends int
+	// OverCapacity counts the frontends without room (after a success).
+	OverCapacity int
+	Err          error
+}
+
+// Observe records one sync attempt.
+func (s *Sync) Observe(r SyncResult) {
+	s.duration.Observe(r.Took.Seconds())
+	s.frontends.Set(float64(r.Frontends))
+	s.backends.Set(float64(r.Backends))
+	if r.Err != nil {
 		s.errors.Inc()
+		s.inSync.Set(0)
 		return
 	}
-	s.frontends.Set(float64(frontends))
-	s.backends.Set(float64(backends))
+	s.inSync.Set(1)
+	s.overCapacity.Set(float64(r.OverCapacity))
 	s.lastOK.SetToCurrentTime()
+}
+
+// Repaired counts n repaired differences of one kind.
+func (s *Sync) Repaired(kind string, n int) {
+	if n > 0 {
+		s.repaired.WithLabelValues(kind).Add(float64(n))
+	}
+}
+
+// Destroyed counts n closed sockets.
+func (s *Sync) Destroyed(n int) {
+	if n > 0 {
+		s.destroyed.Add(float64(n))
+	}
 }
 
 // Datapath collects, at scrape time, the per-service counters and map

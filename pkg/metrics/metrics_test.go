@@ -97,24 +97,38 @@ socklb_datapath_scrape_errors 1
 	}
 }
 
-func TestSyncKeepsTheLastGoodCountsOnError(t *testing.T) {
+// TestFinding2GaugesSayWhatTheKernelHoldsAfterAFailedSync: a sync that
+// fails half-way has still written some frontends; the gauges follow the
+// kernel, not the last success, and the in-sync gauge drops.
+func TestFinding2GaugesSayWhatTheKernelHoldsAfterAFailedSync(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	s := NewSync(reg)
-	s.Observe(3*time.Millisecond, 10, 40, nil)
-	s.Observe(time.Second, 0, 0, errors.New("map full"))
+	s.Observe(SyncResult{Took: 3 * time.Millisecond, Frontends: 10, Backends: 40, OverCapacity: 2})
+	s.Observe(SyncResult{Took: time.Second, Frontends: 12, Backends: 41, Err: errors.New("map full")})
+	s.Repaired("missing_frontend", 3)
 	want := `
-# HELP socklb_frontends_programmed Frontends (service address, port and protocol) in the BPF maps after the last successful sync.
+# HELP socklb_frontends_programmed Frontends (service address, port and protocol) in the BPF maps now, after the last sync attempt.
 # TYPE socklb_frontends_programmed gauge
-socklb_frontends_programmed 10
-# HELP socklb_backends_programmed Distinct backends in the BPF maps after the last successful sync.
+socklb_frontends_programmed 12
+# HELP socklb_backends_programmed Distinct backends in the BPF maps now, after the last sync attempt.
 # TYPE socklb_backends_programmed gauge
-socklb_backends_programmed 40
+socklb_backends_programmed 41
 # HELP socklb_sync_errors_total Map syncs that failed; the next one is a full resync.
 # TYPE socklb_sync_errors_total counter
 socklb_sync_errors_total 1
+# HELP socklb_maps_in_sync 1 while the last map sync wrote everything it planned, 0 after a failed one until a sync succeeds.
+# TYPE socklb_maps_in_sync gauge
+socklb_maps_in_sync 0
+# HELP socklb_frontends_over_capacity Frontends the BPF maps have no room for: not programmed, or kept at an older version (see the log and inspect).
+# TYPE socklb_frontends_over_capacity gauge
+socklb_frontends_over_capacity 2
+# HELP socklb_drift_repaired_total Differences between the kernel and what the agent wrote, found by a reconciliation and repaired, by kind.
+# TYPE socklb_drift_repaired_total counter
+socklb_drift_repaired_total{kind="missing_frontend"} 3
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
-		"socklb_frontends_programmed", "socklb_backends_programmed", "socklb_sync_errors_total"); err != nil {
+		"socklb_frontends_programmed", "socklb_backends_programmed", "socklb_sync_errors_total",
+		"socklb_maps_in_sync", "socklb_frontends_over_capacity", "socklb_drift_repaired_total"); err != nil {
 		t.Fatal(err)
 	}
 	if n := testutil.CollectAndCount(s.duration); n != 1 {

@@ -1,17 +1,22 @@
-// Package reconciler is socklb's single writer to the BPF maps: it diffs the
-// model's desired state against what it last wrote (restored from the pinned
-// maps at start) and writes the difference in an order that never lets a
-// connect see a frontend without its backends. Syncer drives it from sources
-// with rate limiting, backoff and full resyncs.
+// Package reconciler is socklb's single writer to the BPF maps. Each sync
+// runs model → plan → write: it diffs the model's desired state against
+// what it last wrote (restored from the pinned maps at start, and reread
+// from them at every periodic reconciliation, which repairs drift), makes
+// a plan that fits the maps' sizes (makePlan, a pure function), and writes
+// it in an order that never lets a connect see a frontend without its
+// backends. Syncer drives it from sources with rate limiting, backoff,
+// periodic full reconciliation and full resyncs after failures.
 package reconciler
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	stdmaps "maps"
+	"math"
 	"slices"
-	"time"
+	"strings"
+	"sync/atomic"
 
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/maps"
@@ -20,14 +25,19 @@ import (
 // written is what the reconciler knows to be in the maps for one frontend.
 type written struct {
 	revNAT   maps.RevNATID
-	name     string
+	name     string // namespace/name:port
+	service  string // namespace/name
 	flags    uint16
 	affinity uint32
 	backends []maps.BackendID
+	// damaged: the kernel holds this frontend incompletely (read back
+	// with a missing slot, member, name or counter); republish it.
+	damaged bool
 }
 
 // Reconciler owns the maps' content. It is not safe for concurrent use:
-// there is one writer by design.
+// there is one writer by design. Programmed is safe to call from any
+// goroutine.
 type Reconciler struct {
 	maps maps.Maps
 	log  *slog.Logger
@@ -41,6 +51,13 @@ type Reconciler struct {
 	// every frontend. unused holds those whose count may have fallen to 0.
 	refs   map[maps.BackendID]int
 	unused map[maps.BackendID]bool
+	// served counts the frontends of each Service in services.
+	served map[string]int
+	// used is what services and ids occupy in the maps, limit the maps'
+	// sizes, reserve the room kept free for republishing (see planInput).
+	used    usage
+	limit   usage
+	reserve int
 
 	// applied is the desired Services of the last successful Apply,
 	// sorted by frontend, one per frontend: a desired Service equal to its
@@ -51,22 +68,39 @@ type Reconciler struct {
 	// applied is built in, so that a sync allocates no new list.
 	applied, spare []appliedService
 	complete       bool
-	skipped        int // entries of applied with ok false
+	skipped        int // entries of applied that toMaps rejected
 
 	nextBackend maps.BackendID
 	nextRevNAT  maps.RevNATID
 
-	// restored is false until bookkeeping matches the maps: at start and
-	// after any failed write, the next Apply first rereads the maps.
+	// restored is false until bookkeeping matches the maps: at start,
+	// after any failed write, and when a reconciliation is due, the next
+	// Apply first rereads the maps.
 	restored bool
+	// reread is set once bookkeeping was restored before: the next
+	// Restore compares what it reads with it and reports the drift.
+	reread bool
+
+	frontendsNow, backendsNow atomic.Int64
 }
 
-// New returns a Reconciler that writes through m.
+// New returns a Reconciler that writes through m, within m's capacity (a
+// size of 0 counts as unbounded).
 func New(m maps.Maps, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{maps: m, log: log}
+	c := m.Capacity()
+	size := func(n int) int {
+		if n <= 0 {
+			return math.MaxInt
+		}
+		return n
+	}
+	return &Reconciler{maps: m, log: log, limit: usage{
+		entries: size(c.Services), members: size(c.Members), backends: size(c.Backends),
+		frontends: min(size(c.Counters), size(c.Names)),
+	}}
 }
 
 // Stats says what one Apply changed.
@@ -75,32 +109,66 @@ type Stats struct {
 	Published, Deleted             int // frontends written or removed
 	BackendsAdded, BackendsRemoved int
 	Skipped                        int // frontends the dataplane cannot program
+	// OverCapacity lists the frontends the maps have no room for, sorted
+	// by Service and frontend.
+	OverCapacity []OverCapacity
 	// Departed lists the backends that left a frontend in this sync.
 	Departed []maps.Departure
+	// Drift is what a reconciliation found the kernel to differ in from
+	// what this reconciler had written, before it repaired it.
+	Drift Drift
 }
 
+// Programmed returns the frontends and backends the maps hold now, as
+// far as the writes so far tell; safe for concurrent use.
+func (r *Reconciler) Programmed() (frontends, backends int) {
+	return int(r.frontendsNow.Load()), int(r.backendsNow.Load())
+}
+
+// Reconcile makes the next Apply reread the maps, compare them with what
+// was written and repair what differs (periodic full reconciliation).
+func (r *Reconciler) Reconcile() { r.restored = false }
+
 // Restore rebuilds the bookkeeping from the maps, so that a restarted agent
-// keeps ids stable and rewrites only what changed while it was away.
+// keeps ids stable and rewrites only what changed while it was away. A
+// frontend the kernel holds damaged is kept, marked for republishing.
 func (r *Reconciler) Restore() error {
+	_, err := r.restore()
+	return err
+}
+
+func (r *Reconciler) restore() (Drift, error) {
 	svcs, err := r.maps.Services()
 	if err != nil {
-		return fmt.Errorf("restore: %w", err)
+		return Drift{}, fmt.Errorf("restore: %w", err)
 	}
 	bes, err := r.maps.Backends()
 	if err != nil {
-		return fmt.Errorf("restore: %w", err)
+		return Drift{}, fmt.Errorf("restore: %w", err)
 	}
-	if n, err := r.maps.Prune(); err != nil {
-		return fmt.Errorf("restore: %w", err)
-	} else if n > 0 {
-		r.log.Info("pruned stale service slots", "slots", n)
+	pruned, err := r.maps.Prune()
+	if err != nil {
+		return Drift{}, fmt.Errorf("restore: %w", err)
 	}
+	var drift Drift
+	if r.reread {
+		drift = compareWithKernel(r.services, r.ids, svcs, bes)
+	} else {
+		for _, s := range svcs {
+			if len(s.Damage) > 0 {
+				drift.DamagedFrontends++
+			}
+		}
+	}
+	drift.StrayEntries = pruned
 	r.services = make(map[maps.Frontend]written, len(svcs))
 	r.backends = make(map[maps.Backend]maps.BackendID, len(bes))
 	r.ids = make(map[maps.BackendID]maps.Backend, len(bes))
 	r.revNATs = make(map[maps.RevNATID]bool, len(svcs))
 	r.refs = make(map[maps.BackendID]int, len(bes))
 	r.unused = make(map[maps.BackendID]bool)
+	r.served = make(map[string]int)
+	r.used = usage{backends: len(bes)}
 	r.complete = false
 	r.nextBackend, r.nextRevNAT = 0, 0
 	for id, b := range bes {
@@ -109,26 +177,63 @@ func (r *Reconciler) Restore() error {
 		r.nextBackend = max(r.nextBackend, id)
 	}
 	for _, s := range svcs {
-		r.services[s.Frontend] = written{
-			revNAT: s.RevNATID, name: s.Name, flags: s.Flags, affinity: s.AffinityTimeout, backends: s.Backends,
+		service, _, _ := strings.Cut(s.Name, ":")
+		w := written{
+			revNAT: s.RevNATID, name: s.Name, service: service, flags: s.Flags,
+			affinity: s.AffinityTimeout, backends: s.Backends, damaged: len(s.Damage) > 0,
 		}
+		for _, id := range s.Backends {
+			if _, ok := r.ids[id]; !ok {
+				w.damaged = true // a slot names a backend the map lacks
+			}
+		}
+		r.services[s.Frontend] = w
 		r.revNATs[s.RevNATID] = true
 		r.nextRevNAT = max(r.nextRevNAT, s.RevNATID)
 		r.ref(s.Backends)
+		r.account(w, 1)
+		r.reserve = max(r.reserve, len(s.Backends))
 	}
 	for id := range r.ids {
 		if r.refs[id] == 0 {
 			r.unused[id] = true
 		}
 	}
-	r.restored = true
-	r.log.Info("restored state from maps", "services", len(svcs), "backends", len(bes))
-	return nil
+	first := !r.reread
+	r.restored, r.reread = true, true
+	r.count()
+	if pruned > 0 {
+		r.log.Info("pruned stale map entries", "entries", pruned)
+	}
+	// Once at start; the periodic rereads log only the drift they find.
+	level := slog.LevelDebug
+	if first {
+		level = slog.LevelInfo
+	}
+	r.log.Log(context.Background(), level, "restored state from maps", "services", len(svcs), "backends", len(bes))
+	return drift, nil
 }
 
-// Apply makes the maps equal to desired. On error the maps hold a
-// consistent mix of old and new state and the next Apply starts with a
-// full resync.
+// account adds (sign 1) or removes (sign -1) w's entries from the usage.
+func (r *Reconciler) account(w written, sign int) {
+	k := len(w.backends)
+	r.used.entries += sign * (1 + k)
+	r.used.members += sign * k
+	r.used.frontends += sign
+	if r.served[w.service] += sign; r.served[w.service] <= 0 {
+		delete(r.served, w.service)
+	}
+}
+
+func (r *Reconciler) count() {
+	r.frontendsNow.Store(int64(len(r.services)))
+	r.backendsNow.Store(int64(len(r.ids)))
+}
+
+// Apply makes the maps equal to desired, as far as they have room (see
+// makePlan; what does not fit is in Stats.OverCapacity, and is not an
+// error). On error the maps hold a consistent mix of old and new state
+// and the next Apply starts with a full resync.
 //
 // A sync costs one pass over desired plus work for what changed: Apply
 // remembers the Services it applied and skips those that come again
@@ -138,12 +243,15 @@ func (r *Reconciler) Restore() error {
 // expected sorted by frontend, as the model makes it; otherwise it is
 // sorted first, and of a frontend listed twice the last listing wins.
 func (r *Reconciler) Apply(desired lb.State) (Stats, error) {
+	var drift Drift
 	if !r.restored {
-		if err := r.Restore(); err != nil {
+		var err error
+		if drift, err = r.restore(); err != nil {
 			return Stats{}, err
 		}
 	}
 	st, err := r.apply(desired)
+	st.Drift = drift
 	if err != nil {
 		r.restored = false
 	}
@@ -152,7 +260,8 @@ func (r *Reconciler) Apply(desired lb.State) (Stats, error) {
 
 type desiredService struct {
 	fe       maps.Frontend
-	name     string
+	service  string // namespace/name
+	name     string // namespace/name:port
 	flags    uint16
 	affinity uint32 // seconds
 	backends []maps.Backend
@@ -161,24 +270,91 @@ type desiredService struct {
 // appliedService is a desired Service as Apply last handled it.
 type appliedService struct {
 	svc lb.Service
-	ok  bool // toMaps accepted it; else the frontend is not in the maps
+	// rejected: toMaps refused it, so it is not in the maps, and will not
+	// be while it stays the same.
+	rejected bool
+	// over: the maps had no room for it; every sync tries again.
+	over bool
 }
 
 func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 	var st Stats
-	list := byFrontend(desired.Services)
+	next, changed, gone, skipped := r.diff(byFrontend(desired.Services))
 
-	// Walk list and applied side by side. Unchanged entries are copied in
-	// runs; new and changed ones go on to be written; applied entries
-	// passed over are gone.
+	want := make([]desiredService, 0, len(changed))
+	for _, k := range changed {
+		d, ok := toMaps(next[k].svc)
+		next[k].rejected = !ok
+		if !ok {
+			// It may have been programmed before it changed.
+			skipped++
+			gone = append(gone, frontendOf(next[k].svc.Frontend))
+			continue
+		}
+		if len(d.backends) > maps.MaxBackendsPerService {
+			r.log.Warn("service has more backends than a frontend holds; using the first ones",
+				"frontend", d.fe, "service", d.name, "backends", len(d.backends), "max", maps.MaxBackendsPerService)
+			d.backends = d.backends[:maps.MaxBackendsPerService]
+		}
+		want = append(want, d)
+	}
+	if !r.complete {
+		// After a Restore: whatever the maps hold beyond desired goes.
+		wanted := make(map[maps.Frontend]bool, len(next))
+		for _, a := range next {
+			if !a.rejected {
+				wanted[frontendOf(a.svc.Frontend)] = true
+			}
+		}
+		for fe := range r.services {
+			if !wanted[fe] {
+				gone = append(gone, fe)
+			}
+		}
+	}
+	sortFrontends(gone)
+	gone = slices.Compact(gone)
+
+	p := makePlan(planInput{
+		services: r.services, backends: r.backends, ids: r.ids, refs: r.refs, unused: r.unused,
+		served: r.served, want: want, gone: gone, used: r.used, limit: r.limit, reserve: r.reserve,
+	})
+	if err := r.write(p, &st); err != nil {
+		return st, err
+	}
+	r.reserve = p.reserve
+	for id := range r.unused {
+		if _, known := r.ids[id]; !known || r.refs[id] > 0 {
+			delete(r.unused, id)
+		}
+	}
+
+	// Every write succeeded: remember what was applied, and that the
+	// frontends without room are to be tried again.
+	over := make(map[maps.Frontend]bool, len(p.over))
+	for _, o := range p.over {
+		over[o.Frontend] = true
+	}
+	for _, k := range changed {
+		next[k].over = over[frontendOf(next[k].svc.Frontend)]
+	}
+	r.applied, r.spare = next, r.applied
+	r.complete, r.skipped = true, skipped
+	st.Services, st.Backends, st.Skipped = len(r.services), len(r.ids), r.skipped
+	st.OverCapacity = p.over
+	return st, nil
+}
+
+// diff walks list and the last applied list side by side. Unchanged
+// entries are copied in runs; new and changed ones (and those that had no
+// room) are returned as indexes into next; frontends of applied entries
+// passed over are gone.
+func (r *Reconciler) diff(list []lb.Service) (next []appliedService, changed []int, gone []maps.Frontend, skipped int) {
 	var old []appliedService
 	if r.complete {
 		old = r.applied
 	}
-	next := r.spare[:0]
-	var changed []int // indexes into next of new and changed services
-	var gone []maps.Frontend
-	skipped := 0
+	next = r.spare[:0]
 	j, run := 0, 0 // old[run:j] are unchanged and not yet copied
 	for i := range list {
 		s := &list[i]
@@ -189,14 +365,12 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 				break
 			}
 			next = append(next, old[run:j]...)
-			if old[j].ok {
-				gone = append(gone, frontendOf(old[j].svc.Frontend))
-			}
+			gone = append(gone, frontendOf(old[j].svc.Frontend))
 			j++
 			run = j
 		}
-		if c == 0 && sameService(&old[j].svc, s) {
-			if !old[j].ok {
+		if c == 0 && !old[j].over && sameService(&old[j].svc, s) {
+			if old[j].rejected {
 				skipped++
 			}
 			j++
@@ -212,138 +386,9 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 	}
 	next = append(next, old[run:j]...)
 	for _, a := range old[j:] {
-		if a.ok {
-			gone = append(gone, frontendOf(a.svc.Frontend))
-		}
+		gone = append(gone, frontendOf(a.svc.Frontend))
 	}
-
-	want := make([]desiredService, 0, len(changed))
-	for _, k := range changed {
-		d, ok := toMaps(next[k].svc)
-		next[k].ok = ok
-		if !ok {
-			// It may have been programmed before it changed.
-			skipped++
-			gone = append(gone, frontendOf(next[k].svc.Frontend))
-			continue
-		}
-		if len(d.backends) > maps.MaxBackendsPerService {
-			r.log.Warn("service has more backends than a frontend holds; using the first ones",
-				"frontend", d.fe, "service", d.name, "backends", len(d.backends), "max", maps.MaxBackendsPerService)
-			d.backends = d.backends[:maps.MaxBackendsPerService]
-		}
-		want = append(want, d)
-	}
-	if !r.complete {
-		// After a Restore: whatever the maps hold beyond list goes.
-		wanted := make(map[maps.Frontend]bool, len(want))
-		for _, d := range want {
-			wanted[d.fe] = true
-		}
-		for fe := range r.services {
-			if !wanted[fe] {
-				gone = append(gone, fe)
-			}
-		}
-	}
-	sortFrontends(gone)
-	gone = slices.Compact(gone)
-
-	// 1. Backends first, so that every slot published below resolves.
-	for _, d := range want {
-		for _, b := range d.backends {
-			if _, ok := r.backends[b]; ok {
-				continue
-			}
-			id, err := r.allocBackend()
-			if err != nil {
-				return st, err
-			}
-			if err := r.maps.UpsertBackend(id, b); err != nil {
-				return st, fmt.Errorf("add backend %s: %w", b, err)
-			}
-			r.backends[b] = id
-			r.ids[id] = b
-			r.unused[id] = true // until a frontend below lists it
-			st.BackendsAdded++
-		}
-	}
-
-	// 2. Publish new and changed frontends.
-	for _, d := range want {
-		ids := make([]maps.BackendID, len(d.backends))
-		for i, b := range d.backends {
-			ids[i] = r.backends[b]
-		}
-		old, exists := r.services[d.fe]
-		if exists && old.name == d.name && old.flags == d.flags && old.affinity == d.affinity &&
-			slices.Equal(old.backends, ids) {
-			continue
-		}
-		revNAT := old.revNAT
-		if !exists {
-			var err error
-			if revNAT, err = r.allocRevNAT(); err != nil {
-				return st, err
-			}
-		}
-		err := r.maps.PublishService(maps.Service{
-			Frontend: d.fe, RevNATID: revNAT, Name: d.name, Backends: ids,
-			Flags: d.flags, AffinityTimeout: d.affinity,
-		})
-		if err != nil {
-			return st, fmt.Errorf("publish %s (%s): %w", d.fe, d.name, err)
-		}
-		if exists {
-			st.Departed = append(st.Departed, departures(revNAT, old.backends, ids)...)
-		}
-		r.ref(ids)
-		r.unref(old.backends)
-		r.services[d.fe] = written{revNAT: revNAT, name: d.name, flags: d.flags, affinity: d.affinity, backends: ids}
-		r.revNATs[revNAT] = true
-		st.Published++
-		r.log.Debug("published", "frontend", d.fe, "service", d.name, "backends", len(ids))
-	}
-
-	// 3. Remove frontends that are gone.
-	for _, fe := range gone {
-		old, ok := r.services[fe]
-		if !ok {
-			continue // never programmed: the dataplane could not
-		}
-		if err := r.maps.DeleteService(fe); err != nil {
-			return st, fmt.Errorf("delete %s: %w", fe, err)
-		}
-		st.Departed = append(st.Departed, departures(old.revNAT, old.backends, nil)...)
-		r.unref(old.backends)
-		delete(r.revNATs, old.revNAT)
-		delete(r.services, fe)
-		st.Deleted++
-	}
-
-	// 4. Remove backends no frontend refers to any more.
-	for _, id := range slices.Sorted(stdmaps.Keys(r.unused)) {
-		if _, known := r.ids[id]; !known || r.refs[id] > 0 {
-			// Listed, or not in the backend map (a frontend restored
-			// from a damaged map may name a missing backend).
-			delete(r.unused, id)
-			continue
-		}
-		if err := r.maps.DeleteBackend(id); err != nil {
-			return st, fmt.Errorf("delete backend %d: %w", id, err)
-		}
-		delete(r.backends, r.ids[id])
-		delete(r.ids, id)
-		delete(r.refs, id)
-		delete(r.unused, id)
-		st.BackendsRemoved++
-	}
-
-	// Every write succeeded: remember what was applied.
-	r.applied, r.spare = next, r.applied
-	r.complete, r.skipped = true, skipped
-	st.Services, st.Backends, st.Skipped = len(r.services), len(r.ids), r.skipped
-	return st, nil
+	return next, changed, gone, skipped
 }
 
 // ref and unref count the frontends that list each backend.
@@ -412,12 +457,6 @@ func byFrontend(list []lb.Service) []lb.Service {
 	return out[:n]
 }
 
-// frontendOf is the dataplane's frontend of a model frontend, as toMaps
-// makes it.
-func frontendOf(f lb.Frontend) maps.Frontend {
-	return maps.Frontend{Addr: f.Addr.Unmap(), Port: f.Port, Proto: uint8(f.Proto)}
-}
-
 // departures lists the backends of before that are not in after.
 func departures(revNAT maps.RevNATID, before, after []maps.BackendID) []maps.Departure {
 	in := func(id maps.BackendID) bool { return slices.Contains(after, id) }
@@ -463,67 +502,4 @@ func (r *Reconciler) allocRevNAT() (maps.RevNATID, error) {
 		}
 	}
 	return 0, fmt.Errorf("allocate frontend id: %w", ErrIDsExhausted)
-}
-
-// toMaps converts a model frontend to what the dataplane programs. ok is
-// false for what it cannot program: a backend of another family than its
-// frontend (the model never makes one; the check keeps the maps sane).
-func toMaps(s lb.Service) (desiredService, bool) {
-	d := desiredService{
-		fe:       frontendOf(s.Frontend),
-		name:     serviceName(s),
-		flags:    flagsOf(s),
-		affinity: uint32(s.AffinityTimeout / time.Second),
-	}
-	if !d.fe.Addr.IsValid() {
-		return desiredService{}, false
-	}
-	for _, b := range s.Backends {
-		a := b.Addr.Unmap()
-		if a.Is4() != d.fe.Addr.Is4() {
-			return desiredService{}, false
-		}
-		d.backends = append(d.backends, maps.Backend{Addr: a, Port: b.Port, Proto: uint8(s.Frontend.Proto)})
-	}
-	return d, true
-}
-
-func flagsOf(s lb.Service) uint16 {
-	var f uint16
-	if s.AffinityTimeout > 0 {
-		f |= maps.FlagAffinity
-	}
-	if s.TrafficLocal {
-		f |= maps.FlagLocal
-	}
-	switch s.Kind {
-	case lb.KindNodePort:
-		f |= maps.FlagNodePort
-	case lb.KindExternalIP, lb.KindLoadBalancer:
-		f |= maps.FlagExternal
-	}
-	return f
-}
-
-func serviceName(s lb.Service) string {
-	n := s.Name.String()
-	if s.PortName != "" {
-		n += ":" + s.PortName
-	}
-	return n
-}
-
-// sortFrontends sorts fes, so that deletes happen in a stable order.
-func sortFrontends(fes []maps.Frontend) {
-	slices.SortFunc(fes, compareFrontends)
-}
-
-func compareFrontends(a, b maps.Frontend) int {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c
-	}
-	if a.Port != b.Port {
-		return int(a.Port) - int(b.Port)
-	}
-	return int(a.Proto) - int(b.Proto)
 }

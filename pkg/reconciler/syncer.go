@@ -35,11 +35,16 @@ type SyncerOptions struct {
 	Burst       int
 	// RetryBase and RetryMax bound the backoff after a failed sync.
 	RetryBase, RetryMax time.Duration
+	// ReconcileInterval is how often a sync rereads the maps, compares
+	// them with what was written and repairs drift, even with no change
+	// (kube-proxy's sync period). Zero means never.
+	ReconcileInterval time.Duration
 	// OnSync, if set, is called after every sync attempt with the time it
 	// took (model and map writes).
 	OnSync func(took time.Duration, st Stats, err error)
 	// OnDeparted, if set, is called after a successful sync in which
-	// backends left frontends, e.g. to destroy their sockets.
+	// backends left frontends, e.g. to queue the destruction of their
+	// sockets. It must not block: the next map write waits for it.
 	OnDeparted func([]maps.Departure)
 	// Node is this node as configured; a source that knows more (the
 	// Kubernetes source reads the Node's zone) overrides it.
@@ -59,8 +64,16 @@ type Syncer struct {
 	queue   workqueue.TypedRateLimitingInterface[string]
 	limiter *rate.Limiter
 	synced  atomic.Bool
+	// firstSync is closed after the first successful sync.
+	firstSync chan struct{}
+	// inSync is true while the last sync wrote everything it planned.
+	inSync atomic.Bool
+	// reconcileDue asks the next sync for a full reconciliation.
+	reconcileDue atomic.Bool
+	over         atomic.Pointer[[]OverCapacity]
 
 	lastWarnings []lb.Warning
+	lastOver     []OverCapacity
 }
 
 const syncKey = "sync"
@@ -84,12 +97,13 @@ func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.
 		limit = rate.Every(opts.MinInterval)
 	}
 	return &Syncer{
-		rec:     rec,
-		model:   lb.NewComputer(),
-		sources: sources,
-		opts:    opts,
-		log:     log,
-		limiter: rate.NewLimiter(limit, opts.Burst),
+		firstSync: make(chan struct{}),
+		rec:       rec,
+		model:     lb.NewComputer(),
+		sources:   sources,
+		opts:      opts,
+		log:       log,
+		limiter:   rate.NewLimiter(limit, opts.Burst),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](opts.RetryBase, opts.RetryMax),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "socklb-sync"},
@@ -108,6 +122,22 @@ func (s *Syncer) Trigger() {
 // HasSynced is true once the maps hold a full sync of every source.
 func (s *Syncer) HasSynced() bool { return s.synced.Load() }
 
+// Synced is closed once the maps hold a full sync of every source.
+func (s *Syncer) Synced() <-chan struct{} { return s.firstSync }
+
+// InSync is true while the last sync succeeded: the maps hold what the
+// agent wants, but for what OverCapacity lists.
+func (s *Syncer) InSync() bool { return s.inSync.Load() }
+
+// OverCapacity returns the frontends that the last sync found no room
+// for. Safe for concurrent use.
+func (s *Syncer) OverCapacity() []OverCapacity {
+	if p := s.over.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) error {
 	go func() {
@@ -115,6 +145,21 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.queue.ShutDown()
 	}()
 	s.Trigger()
+	if s.opts.ReconcileInterval > 0 {
+		go func() {
+			t := time.NewTicker(s.opts.ReconcileInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					s.reconcileDue.Store(true)
+					s.Trigger()
+				}
+			}
+		}()
+	}
 	for {
 		key, quit := s.queue.Get()
 		if quit {
@@ -164,6 +209,9 @@ func (s *Syncer) syncOnce() error {
 			in.Node.Addresses = i.Node.Addresses
 		}
 	}
+	if s.reconcileDue.Swap(false) {
+		s.rec.Reconcile()
+	}
 	start := time.Now()
 	state, warnings := s.model.Compute(in)
 	if !slices.Equal(warnings, s.lastWarnings) {
@@ -176,16 +224,26 @@ func (s *Syncer) syncOnce() error {
 	if s.opts.OnSync != nil {
 		s.opts.OnSync(time.Since(start), st, err)
 	}
+	if d := st.Drift; d.Total() > 0 {
+		s.log.Warn("the maps differed from what the agent wrote; repairing", "drift", d.String(),
+			"repaired", err == nil)
+	}
 	if err != nil {
 		// The retry is a full resync: the reconciler rereads the maps,
 		// and the model forgets what it computed.
+		s.inSync.Store(false)
 		s.model.Reset()
 		return fmt.Errorf("apply: %w", err)
 	}
+	s.inSync.Store(true)
+	s.reportOverCapacity(st.OverCapacity)
 	if len(st.Departed) > 0 && s.opts.OnDeparted != nil {
 		s.opts.OnDeparted(st.Departed)
 	}
 	first := !s.synced.Swap(true)
+	if first {
+		close(s.firstSync)
+	}
 	if first || st.Published+st.Deleted+st.BackendsAdded+st.BackendsRemoved > 0 {
 		s.log.Info("maps synced", "first", first, "took", time.Since(start).Round(time.Microsecond),
 			"services", st.Services, "backends", st.Backends, "published", st.Published,
@@ -193,4 +251,31 @@ func (s *Syncer) syncOnce() error {
 			"backends_removed", st.BackendsRemoved, "skipped", st.Skipped)
 	}
 	return nil
+}
+
+// reportOverCapacity logs the frontends without room when that list
+// changes, naming each (up to a bound), and keeps it for OverCapacity.
+func (s *Syncer) reportOverCapacity(over []OverCapacity) {
+	if slices.Equal(over, s.lastOver) {
+		return
+	}
+	s.lastOver = over
+	s.over.Store(&over)
+	if len(over) == 0 {
+		s.log.Info("every frontend fits in the maps again")
+		return
+	}
+	const shown = 20
+	var names []string
+	stale := 0
+	for i, o := range over {
+		if o.Stale {
+			stale++
+		}
+		if i < shown {
+			names = append(names, fmt.Sprintf("%s %s (%d backends)", o.Name, o.Frontend, o.Backends))
+		}
+	}
+	s.log.Error("the BPF maps are full: frontends not programmed (raise --service-map-entries or --backend-map-entries)",
+		"frontends", len(over), "kept_older_version", stale, "first", names)
 }

@@ -52,6 +52,12 @@ func run() (err error) {
 	if err := sandbox.CheckPrivileges(); err != nil {
 		return fmt.Errorf("the demo needs root: %w", err)
 	}
+	// The README promises a bpftool dump: without bpftool the demo fails
+	// before it changes anything, instead of leaving the dump out.
+	bpftool, err := exec.LookPath("bpftool")
+	if err != nil {
+		return fmt.Errorf("the demo shows a bpftool map dump, and bpftool is missing (make deps installs it): %w", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -160,13 +166,8 @@ func run() (err error) {
 	if err := show(*agentBin, append([]string{"inspect"}, agentArgs...)...); err != nil {
 		return err
 	}
-	if bpftool, err := exec.LookPath("bpftool"); err == nil {
-		step("bpftool map dump pinned " + filepath.Join(bpffs, "socklb_be_v3"))
-		if err := show(bpftool, "map", "dump", "pinned", filepath.Join(bpffs, "socklb_be_v3")); err != nil {
-			return err
-		}
-	}
-	return nil
+	step("bpftool map dump pinned " + filepath.Join(bpffs, "socklb_be_v3"))
+	return show(bpftool, "map", "dump", "pinned", filepath.Join(bpffs, "socklb_be_v3"))
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }

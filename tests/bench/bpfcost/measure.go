@@ -196,7 +196,7 @@ func (w *world) setup(undo *cleanups, res *results) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	dp, err := loader.Load(loader.Options{
 		BPFFSPath: w.pins, CgroupPath: cg.Path(), Logger: log,
-		MaxServiceEntries: res.svcEntries, MaxBackends: res.beEntries,
+		MaxServiceEntries: res.svcEntries, MaxBackendEntries: res.beEntries,
 	})
 	if err != nil {
 		return fmt.Errorf("load: %+v", err)

@@ -1,0 +1,97 @@
+package reconciler
+
+import (
+	"testing"
+
+	"github.com/socklb/socklb/pkg/maps"
+)
+
+// TestFinding6ReconciliationRepairsDrift changes the maps behind the
+// reconciler's back, as bpftool or a second writer would: a reconciliation
+// finds each difference, counts it and repairs it; without one, nothing
+// would look (the next ordinary sync trusts its bookkeeping).
+func TestFinding6ReconciliationRepairsDrift(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, nil)
+	if _, err := r.Apply(stateA); err != nil {
+		t.Fatal(err)
+	}
+	svcs, _ := f.Services()
+	var web, dns maps.Service
+	for _, s := range svcs {
+		switch s.Name {
+		case "ns/web":
+			web = s
+		case "ns/dns":
+			dns = s
+		}
+	}
+	// An entry deleted, another frontend's set replaced by hand, and a
+	// frontend nobody wrote.
+	if err := f.DeleteService(web.Frontend); err != nil {
+		t.Fatal(err)
+	}
+	dns.Backends = dns.Backends[:1]
+	if err := f.PublishService(dns); err != nil {
+		t.Fatal(err)
+	}
+	stray := maps.Service{Frontend: maps.Frontend{Addr: web.Frontend.Addr, Port: 9, Proto: maps.ProtoTCP}, RevNATID: 999, Name: "x/stray"}
+	if err := f.PublishService(stray); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := r.Apply(stateA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Published+st.Deleted != 0 {
+		t.Fatalf("an ordinary sync wrote %+v; it trusts its bookkeeping", st)
+	}
+
+	r.Reconcile()
+	st, err = r.Apply(stateA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Drift{MissingFrontends: 1, ChangedFrontends: 1, UnknownFrontends: 1}
+	if st.Drift != want {
+		t.Errorf("drift = %+v, want %+v", st.Drift, want)
+	}
+	if st.Published != 2 || st.Deleted != 1 {
+		t.Errorf("repair published %d and deleted %d, want 2 and 1", st.Published, st.Deleted)
+	}
+	assertResolves(t, f, stateA)
+
+	r.Reconcile()
+	if st, err := r.Apply(stateA); err != nil || st.Drift.Total() != 0 || st.Published+st.Deleted != 0 {
+		t.Fatalf("a reconciliation of intact maps: %+v, %v; want no drift and no write", st, err)
+	}
+}
+
+// TestFinding6DamagedFrontendIsRepublishedAtRestore: a frontend whose
+// backend was deleted from the backend map (a slot pointing nowhere) is
+// republished when the agent restores, not a fatal error.
+func TestFinding6DamagedFrontendIsRepublishedAtRestore(t *testing.T) {
+	f := maps.NewFake()
+	if _, err := New(f, nil).Apply(stateA); err != nil {
+		t.Fatal(err)
+	}
+	bes, _ := f.Backends()
+	for id, b := range bes {
+		if b.Port == 8080 {
+			if err := f.DeleteBackend(id); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	r := New(f, nil) // a restarted agent
+	st, err := r.Apply(stateA)
+	if err != nil {
+		t.Fatalf("restore over a damaged frontend: %v", err)
+	}
+	if st.Drift.DamagedFrontends != 1 || st.Published != 1 {
+		t.Errorf("stats %+v: want one damaged frontend republished", st)
+	}
+	assertResolves(t, f, stateA)
+}
