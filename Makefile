@@ -80,7 +80,23 @@ test-deps: ## fetch the Go modules of the older commits that the upgrade test bu
 		echo "modules of $$c are in the module cache" || { rm -rf "$$tmp"; exit 1; }; \
 	done
 
-test: lint verify-generated build e2e-bin test-deps ## every test: unit, privileged and end to end (run as root)
+# FUZZ lists each fuzz target as package:Name; every one runs FUZZTIME.
+FUZZ := ./pkg/lb:FuzzCompute ./pkg/lb:FuzzComputer ./pkg/filesource:FuzzDecode ./pkg/filesource:FuzzParseContent
+FUZZTIME ?= 20s
+
+race: ## the unprivileged packages under the race detector
+	$(GO) test -count=1 -race -skip 'TestPrivileged' ./cmd/... ./pkg/...
+
+fuzz: ## each fuzz target for FUZZTIME (20s)
+	@n=$$(grep -rhE '^func Fuzz[A-Za-z0-9_]*\(' --include='*_test.go' cmd pkg internal tests | wc -l); \
+	if [ "$$n" -ne $(words $(FUZZ)) ]; then echo "the code has $$n fuzz targets, FUZZ lists $(words $(FUZZ)): add the new one" >&2; exit 1; fi
+	@set -e; for t in $(FUZZ); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+	done
+
+test: deps lint verify-generated build e2e-bin test-deps race fuzz ## every test: deps, lint, race, fuzz, unit, privileged and end to end (run as root)
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 e2e-bin: ## build once (cached in ~/.cache/socklb-e2e) kube-apiserver, kube-controller-manager, etcd v1.37.2
