@@ -139,21 +139,21 @@ func scanIdentity(lines, doc []byte) (apiVersion, kind, namespace, name string) 
 		for _, m := range jsonKey.FindAllSubmatch(doc, -1) {
 			switch v := string(m[2]); string(m[1]) {
 			case "apiVersion":
-				apiVersion = cmpFirst(apiVersion, v)
+				apiVersion = keepFirst(apiVersion, v)
 			case "kind":
-				kind = cmpFirst(kind, v)
+				kind = keepFirst(kind, v)
 			case "namespace":
-				namespace = cmpFirst(namespace, v)
+				namespace = keepFirst(namespace, v)
 			case "name":
-				name = cmpFirst(name, v)
+				name = keepFirst(name, v)
 			}
 		}
 	}
 	return apiVersion, kind, namespace, name
 }
 
-// cmpFirst keeps the first value found: later ones are likely nested fields.
-func cmpFirst(have, v string) string {
+// keepFirst keeps the first value found: later ones are likely nested fields.
+func keepFirst(have, v string) string {
 	if have != "" {
 		return have
 	}

@@ -38,11 +38,17 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/cilium/ebpf"
 )
 
 func main() {
 	if err := run(); err != nil {
-		fmt.Fprintf(os.Stderr, "bpfcost: %+v\n", err)
+		fmt.Fprintf(os.Stderr, "bpfcost: %v\n", err)
+		// The verifier's log, which %v shortens to its last line.
+		if ve, ok := errors.AsType[*ebpf.VerifierError](err); ok {
+			fmt.Fprintf(os.Stderr, "%+v\n", ve)
+		}
 		os.Exit(1)
 	}
 }

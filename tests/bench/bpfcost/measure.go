@@ -199,7 +199,7 @@ func (w *world) setup(undo *cleanups, res *results) error {
 		MaxServiceEntries: res.svcEntries, MaxBackendEntries: res.beEntries,
 	})
 	if err != nil {
-		return fmt.Errorf("load: %+v", err)
+		return fmt.Errorf("load: %w", err)
 	}
 	undo.add(func() error { return errors.Join(dp.Close(), loader.Cleanup(w.pins, nil)) })
 	w.dp = dp
@@ -310,7 +310,7 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 			Maps: ebpf.MapOptions{PinPath: w.pins},
 		})
 		if err != nil {
-			return fmt.Errorf("variant %s: %+v", v.name, err)
+			return fmt.Errorf("variant %s: %w", v.name, err)
 		}
 		undo.add(func() error { coll.Close(); return nil })
 		for _, h := range w.hooks {
