@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/socklb/socklb/internal/testlog"
 )
 
 // clearAgentEnv unsets, for the test, every variable the agent reads, so
@@ -441,26 +442,7 @@ func TestSkipCapabilityCheckIsHidden(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the signal goroutine writes while the test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitForLog(t *testing.T, logs *syncBuffer, want string) {
+func waitForLog(t *testing.T, logs *testlog.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(logs.String(), want) {
@@ -479,7 +461,7 @@ func TestFinding5SIGHUPIsLoggedNotFatal(t *testing.T) {
 		name string
 	}{{syscall.SIGTERM, "SIGTERM"}, {syscall.SIGINT, "SIGINT"}} {
 		t.Run(stopSig.name, func(t *testing.T) {
-			logs := &syncBuffer{}
+			logs := &testlog.Buffer{}
 			log := newLogger(Config{LogFormat: "text", LogLevel: slog.LevelInfo}, logs)
 			ctx, stop := notifySignals(context.Background(), log)
 			defer stop()

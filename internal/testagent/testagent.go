@@ -6,7 +6,6 @@ package testagent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,12 +14,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testlog"
 )
 
 // AgentBinEnv names a prebuilt agent binary for Main to use instead of
@@ -78,7 +77,7 @@ type Agent struct {
 	// StopTimeout overrides the package's StopTimeout when set.
 	StopTimeout time.Duration
 	t           testing.TB
-	logs        syncBuffer
+	logs        testlog.Buffer
 	done        chan struct{}
 }
 
@@ -199,23 +198,6 @@ func (a *Agent) WaitLog(t testing.TB, substr string, timeout time.Duration) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // StartPod adds addr to the namespace's loopback (if it is not there yet:

@@ -10,30 +10,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testlog"
 )
-
-// syncBuffer is a bytes.Buffer a logger in another goroutine may write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func shortLockIntervals(t *testing.T) {
 	t.Helper()
@@ -61,7 +43,7 @@ func TestPrivilegedFinding6SecondAgentWaitsForLock(t *testing.T) {
 	}
 
 	var (
-		logs   syncBuffer
+		logs   testlog.Buffer
 		second *Lock
 	)
 	type result struct {
