@@ -81,7 +81,7 @@ test-deps: ## fetch the Go modules of the older commits that the upgrade test bu
 	done
 
 # FUZZ lists each fuzz target as package:Name; every one runs FUZZTIME.
-FUZZ := ./pkg/lb:FuzzCompute ./pkg/lb:FuzzComputer ./pkg/filesource:FuzzDecode ./pkg/filesource:FuzzParseContent
+FUZZ := ./pkg/lb:FuzzCompute ./pkg/lb:FuzzComputer ./pkg/filesource:FuzzDecode ./pkg/filesource:FuzzParseContent ./pkg/reconciler:FuzzReconcilerWithinCapacity
 FUZZTIME ?= 20s
 
 race: ## the unprivileged packages under the race detector
