@@ -75,12 +75,12 @@ func (r *recordingTB) errors() string {
 	return strings.Join(r.errs, "\n")
 }
 
-// TestPrivilegedStopFailsOnAnIgnoredSIGTERM: an agent that ignores
+// TestPrivilegedFinding9StopFailsOnAnIgnoredSIGTERM: an agent that ignores
 // SIGTERM is SIGKILLed when the test ends, and that fails the test with
 // the agent's log; one that exits on SIGTERM passes; Kill(SIGKILL) kills
 // on purpose without a failure. (Privileged: Start puts the child into
 // the test's own cgroup, which takes root.)
-func TestPrivilegedStopFailsOnAnIgnoredSIGTERM(t *testing.T) {
+func TestPrivilegedFinding9StopFailsOnAnIgnoredSIGTERM(t *testing.T) {
 	sandbox.RequirePrivileges(t)
 	start := func(t *testing.T, rec *recordingTB, mode string) *Agent {
 		cmd := exec.Command(os.Args[0])

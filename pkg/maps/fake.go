@@ -384,3 +384,22 @@ func (c memCounters) remove(id uint32) error {
 	delete(c.f.cnt, id)
 	return nil
 }
+
+// DeleteSlot removes the n-th slot of fe's live set, as `bpftool map
+// delete` of that key would: the damage a restore and a reconciliation
+// must repair.
+func (f *Fake) DeleteSlot(fe Frontend, n uint16) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key, err := frontendKey(fe, 0)
+	if err != nil {
+		return err
+	}
+	e, ok := f.svc[key]
+	if !ok || n >= e.Count {
+		return fmt.Errorf("%s has no live slot %d", fe, n)
+	}
+	key.Slot = e.Base + 1 + n
+	delete(f.svc, key)
+	return nil
+}

@@ -121,6 +121,43 @@ func TestFinding2DeleteAndShrinkApplyWhenFull(t *testing.T) {
 	}
 }
 
+// TestFinding2DeleteAndShrinkApplyWhenExactlyFull: 8 Services of 4
+// backends fill a 40-entry map to the last entry when no room is kept (as
+// a4f4428 did: each publish then needs an entry that is not there, and a
+// delete that would free one comes after it, so nothing applies again).
+// Now the delete and the shrink apply and the room goes to the next
+// Service.
+func TestFinding2DeleteAndShrinkApplyWhenExactlyFull(t *testing.T) {
+	f := maps.NewFakeWithCapacity(maps.Capacity{Services: 40, Members: 40})
+	r := New(f, nil)
+	all := services(8, 4)
+	if _, err := r.Apply(state(all...)); err != nil {
+		t.Fatal(err)
+	}
+	shrunk := slices.Clone(all)
+	shrunk[0].Backends = shrunk[0].Backends[:1]
+	next := append([]lb.Service{shrunk[0]}, shrunk[2:]...)
+	st, err := r.Apply(state(next...))
+	if err != nil {
+		t.Fatalf("delete and shrink with the map full: %v", err)
+	}
+	svcs, _ := f.Services()
+	for _, s := range svcs {
+		if s.Name == "ns/svc-00" && len(s.Backends) != 1 {
+			t.Errorf("svc-00 has %d backends after the shrink, want 1", len(s.Backends))
+		}
+		if s.Name == "ns/svc-01" {
+			t.Error("svc-01 is still served after its deletion")
+		}
+	}
+	if len(st.OverCapacity) != 0 || len(svcs) != 7 {
+		t.Errorf("after the delete: %d served, over capacity %v; want 7 and none", len(svcs), overNames(st))
+	}
+	if err := f.CheckConsistent(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFinding2ServedServiceKeepsItsPlace: a new Service that sorts first
 // does not take the room of one already served.
 func TestFinding2ServedServiceKeepsItsPlace(t *testing.T) {

@@ -95,3 +95,32 @@ func TestFinding6DamagedFrontendIsRepublishedAtRestore(t *testing.T) {
 	}
 	assertResolves(t, f, stateA)
 }
+
+// TestFinding6MissingSlotAtRestoreIsRepublished: a live slot deleted from
+// the service map (bpftool) makes a restarted agent's restore fail whole on
+// a4f4428; now the frontend is restored damaged and republished, and the
+// rest is untouched.
+func TestFinding6MissingSlotAtRestoreIsRepublished(t *testing.T) {
+	f := maps.NewFake()
+	if _, err := New(f, nil).Apply(stateA); err != nil {
+		t.Fatal(err)
+	}
+	fe := stateA.Services[0].Frontend
+	if err := f.DeleteSlot(maps.Frontend{Addr: fe.Addr, Port: fe.Port, Proto: maps.ProtoTCP}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := New(f, nil).Restore(); err != nil {
+		t.Fatalf("restore with one slot missing: %v", err)
+	}
+	st, err := New(f, nil).Apply(stateA) // a restarted agent
+	if err != nil {
+		t.Fatalf("sync after the restore: %v", err)
+	}
+	if st.Drift.DamagedFrontends != 1 || st.Published != 1 {
+		t.Errorf("stats %+v: want one damaged frontend republished", st)
+	}
+	assertResolves(t, f, stateA)
+	if err := f.CheckConsistent(); err != nil {
+		t.Fatal(err)
+	}
+}
