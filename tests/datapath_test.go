@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +64,25 @@ func newDatapath(t *testing.T) *datapath {
 	d.maps = maps.New(&dp.Maps)
 	d.rec = reconciler.New(d.maps, nil)
 	return d
+}
+
+// awaitBound bounds every wait of these tests for an event or a number
+// of completed connects. A working system gets there in well under a
+// second, a slow or busy machine in a few; only a failing test waits this
+// long, so it is no measure of speed.
+const awaitBound = 2 * time.Minute
+
+// await polls cond until it holds; if it still does not after awaitBound,
+// the test fails naming what it waited for.
+func await(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(awaitBound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", awaitBound, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (d *datapath) pod(t *testing.T, name, addr string, port uint16) {
@@ -155,13 +175,14 @@ func TestPrivilegedEmptyServiceRefuses(t *testing.T) {
 	d.apply(t, service(vip, 80, lb.TCP), service(vip, 53, lb.UDP))
 	for _, network := range []string{"tcp4", "udp4"} {
 		port := map[string]string{"tcp4": "80", "udp4": "53"}[network]
-		start := time.Now()
 		_, err := d.ask(network, vip+":"+port)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("%s connect to an empty service: %v, want ECONNREFUSED", network, err)
 		}
-		if took := time.Since(start); took > time.Second {
-			t.Errorf("%s refusal took %s; it must be immediate", network, took)
+		// Immediate: connect(2) itself is refused, not a read after it.
+		var op *net.OpError
+		if !errors.As(err, &op) || op.Op != "dial" {
+			t.Errorf("%s connect to an empty service: %v; want connect(2) itself refused", network, err)
 		}
 	}
 	c, _ := d.maps.Counters(1)
@@ -272,16 +293,22 @@ func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
 	}
 	// The first "update" is the set applied before the load started.
 	updates := []update{{time.Time{}, allowedNames(sets[0])}}
-	// At least 30 swaps, more on a slow machine (the kernel matrix runs
-	// this under emulation) until enough connects ran, within 20 s.
-	deadline := time.Now().Add(20 * time.Second)
-	for round := 0; round < 30 || (connects() < 300 && time.Now().Before(deadline)); round++ {
+	// Before each swap, and after the last, perSwap more connects
+	// complete: with two clients, each with at most one connect in
+	// flight, at least perSwap-2 of them started after the update
+	// before returned. However slow the machine, every update is
+	// exercised, and the test needs no load floor.
+	const swaps, perSwap = 30, 10
+	for round := range swaps + 1 {
+		n := connects()
+		await(t, fmt.Sprintf("%d connects after update %d", perSwap, round), func() bool { return connects() >= n+perSwap })
+		if round == swaps {
+			break
+		}
 		set := sets[(round+1)%len(sets)]
-		time.Sleep(20 * time.Millisecond)
 		d.apply(t, service(vip, 80, lb.TCP, set...))
 		updates = append(updates, update{time.Now(), allowedNames(set)})
 	}
-	time.Sleep(20 * time.Millisecond)
 	cancel()
 	wg.Wait()
 
@@ -321,9 +348,6 @@ func swapUnderLoad(t *testing.T, d *datapath, vip, podFormat string) {
 	}
 	t.Logf("%d connects during %d backend-set swaps: %d failed, %d reached a removed backend",
 		len(results), len(updates)-1, failed, stale)
-	if len(results) < 300 {
-		t.Errorf("only %d connects ran; the load was too light to prove anything", len(results))
-	}
 }
 
 func TestPrivilegedBpftoolShowsFieldNames(t *testing.T) {

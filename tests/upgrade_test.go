@@ -98,7 +98,7 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 	oldCmd := e.agentCmd(args...)
 	oldCmd.Path, oldCmd.Args[0] = from.bin, from.bin
 	old := testagent.Start(t, oldCmd, nil)
-	old.WaitLog(t, "maps synced", 15*time.Second)
+	old.WaitLog(t, "maps synced", awaitBound)
 
 	pins := pinNames(t, e.bpffs)
 	if !slices.Contains(pins, oldSvcMap) || slices.Contains(pins, newSvcMap) {
@@ -107,18 +107,29 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 	linksBefore := pinnedLinks(t, e.bpffs)
 	oldService := pinnedMapID(t, filepath.Join(e.bpffs, oldSvcMap))
 
+	// Each phase lasts until the event that ends it and perPhase connects
+	// completed in it, not for a time.
+	const perPhase = 100
 	c := startClients(t, e, "old agent", "198.19.0.10:80", "pod-1", "pod-2", "pod-3")
-	time.Sleep(300 * time.Millisecond)
+	c.waitConnects(t, perPhase)
 	c.phase("no agent")
 	old.Kill(stop)
-	time.Sleep(300 * time.Millisecond)
+	c.waitConnects(t, perPhase)
 
 	// The new agent's source has nothing yet: its file does not exist.
 	c.phase("new agent waiting for its source")
 	e.servicesFile = filepath.Join(t.TempDir(), "services.yaml")
 	next := e.startAgent(t)
-	next.WaitLog(t, "maps ready", 15*time.Second)
-	time.Sleep(500 * time.Millisecond)
+	next.WaitLog(t, "maps ready", awaitBound)
+	// The hooks must not switch before the first sync. So that their not
+	// having switched means something, the agent first shows that it got
+	// past its start and is waiting: it finds no file, then refuses a
+	// broken one (written after it looked), and perPhase connects complete
+	// after that, answered by the old programs.
+	next.WaitLog(t, "cannot read file; waiting for it", awaitBound)
+	e.writeServices(t, "kind: Service\nmetadata: [broken\n")
+	next.WaitLog(t, "nothing applied yet", awaitBound)
+	c.waitConnects(t, perPhase)
 	if got := pinnedLinks(t, e.bpffs); !maps.Equal(got, linksBefore) {
 		t.Errorf("the hooks switched before the new maps were filled: links %v, before %v", got, linksBefore)
 	}
@@ -128,16 +139,15 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 
 	c.phase("new agent syncing")
 	e.writeServices(t, servicesYAML(1, 2, 3))
-	next.WaitLog(t, "maps synced", 15*time.Second)
-	deadline := time.Now().Add(5 * time.Second)
-	for pinnedLinks(t, e.bpffs)["link_sock4_connect"] == linksBefore["link_sock4_connect"] {
-		if time.Now().After(deadline) {
-			t.Fatal("the new agent synced but did not switch connect4 to its program")
-		}
-		time.Sleep(10 * time.Millisecond)
+	next.WaitLog(t, "maps synced", awaitBound)
+	// Logged once every hook runs the new programs and the old pins
+	// are gone.
+	next.WaitLog(t, "programs attached after the first sync filled the maps", awaitBound)
+	if pinnedLinks(t, e.bpffs)["link_sock4_connect"] == linksBefore["link_sock4_connect"] {
+		t.Fatal("the new agent attached but did not switch connect4 to its program")
 	}
 	c.phase("new agent")
-	time.Sleep(500 * time.Millisecond)
+	c.waitConnects(t, perPhase)
 	c.stop()
 
 	c.check(t)
@@ -187,21 +197,13 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 	}
 	// Nothing holds the old maps any more; the kernel frees them (after an
 	// RCU grace period).
-	deadline = time.Now().Add(10 * time.Second)
-	for {
+	await(t, fmt.Sprintf("the %s service map %d to be freed", from.layout, oldService), func() bool {
 		m, err := ebpf.NewMapFromID(oldService)
-		if errors.Is(err, os.ErrNotExist) {
-			break
-		}
 		if err == nil {
 			m.Close()
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("the %s service map %d still exists: %v", from.layout, oldService, err)
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return errors.Is(err, os.ErrNotExist)
+	})
 
 	row := e.inspect(t)[webFE]
 	if row.Service != "test/web:http" || len(row.Backends) != 3 || row.Connects == 0 {
@@ -267,6 +269,20 @@ func startClients(t *testing.T, e *agentEnv, phase, addr string, backends ...str
 	return c
 }
 
+// waitConnects waits until n more connects completed in the current phase.
+func (c *clients) waitConnects(t *testing.T, n int) {
+	t.Helper()
+	c.mu.Lock()
+	p := c.phases[len(c.phases)-1]
+	start := p.total
+	c.mu.Unlock()
+	await(t, fmt.Sprintf("%d connects in phase %q", n, p.name), func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return p.total >= start+n
+	})
+}
+
 // phase starts counting under a new name.
 func (c *clients) phase(name string) {
 	p := &phaseCount{name: name, answers: map[string]int{}}
@@ -304,9 +320,7 @@ func (c *clients) check(t *testing.T) {
 			t.Errorf("%s: only %v answered; want each of %v", p.name, p.answers, c.backends)
 		}
 	}
-	if total < 300 {
-		t.Errorf("only %d connects ran; too few to prove anything", total)
-	}
+	t.Logf("%d connects in all", total)
 }
 
 func pinNames(t *testing.T, dir string) []string {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/socklb/socklb/internal/testagent"
+	"github.com/socklb/socklb/tests/e2e/cluster"
 )
 
 // TestPrivilegedReadinessAndMetrics: /readyz stays 503 while the agent
@@ -30,23 +33,23 @@ func TestPrivilegedReadinessAndMetrics(t *testing.T) {
 	svc := e.service(t, "web", web, nil)
 
 	e.c.StopAPIServer(t)
+	// At debug level the syncer logs each sync it defers for a source
+	// that has not synced.
 	agent := testagent.Start(t, a.cmd("run", "--source=kubernetes", "--kubeconfig="+e.agentKubeconfig,
-		"--node-name=node-a", "--min-sync-interval=10ms",
+		"--node-name=node-a", "--min-sync-interval=10ms", "--log-level=debug",
 		"--health-addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0"), e.c.NS)
 	agent.WaitLog(t, "health endpoint listening", waitLong)
 	agent.WaitLog(t, "metrics endpoint listening", waitLong)
 	health := "http://" + listenAddr(t, agent, "health")
 	metrics := "http://" + listenAddr(t, agent, "metrics") + "/metrics"
-	client := &http.Client{
-		Transport: &http.Transport{
-			DialContext:       e.c.NS.Dial,
-			Proxy:             func(*http.Request) (*url.URL, error) { return nil, nil },
-			DisableKeepAlives: true,
-		},
-		Timeout: 5 * time.Second,
-	}
-	// Two seconds without an API server: alive, not ready.
-	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+	client := e.httpClient()
+	// Without an API server: alive, not ready. So that "not ready" means
+	// something, the agent first shows it had its chance to sync and
+	// declined: a node address added now makes it try a sync, which it
+	// defers (its Kubernetes source cannot have synced). Readiness is
+	// checked all along and once more after that.
+	notReady := func() {
+		t.Helper()
 		if code := get(t, client, health+"/healthz"); code != http.StatusOK {
 			t.Fatalf("/healthz = %d before the first sync, want 200", code)
 		}
@@ -54,12 +57,33 @@ func TestPrivilegedReadinessAndMetrics(t *testing.T) {
 			t.Fatalf("/readyz = %d with the API server down, want 503", code)
 		}
 	}
+	notReady()
+	if err := e.c.NS.AddAddr(netip.MustParsePrefix("198.18.201.1/32")); err != nil {
+		t.Fatal(err)
+	}
+	cluster.WaitFor(t, "the agent to defer a sync after the address change", waitLong, func(context.Context) (bool, error) {
+		notReady()
+		changed := false
+		for line := range strings.Lines(agent.Logs()) {
+			switch {
+			case strings.Contains(line, `msg="node addresses changed"`) && strings.Contains(line, "added=[198.18.201.1]"):
+				changed = true
+			case changed && strings.Contains(line, `msg="sync deferred: a source has not synced yet"`):
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	notReady()
 	if m := scrape(t, client, metrics); value(m, "socklb_frontends_programmed", nil) != 0 {
 		t.Errorf("frontends programmed before the first sync: %v", value(m, "socklb_frontends_programmed", nil))
 	}
 
 	e.c.StartAPIServer(t)
 	agent.WaitLog(t, "maps synced", time.Minute)
+	// Ready needs the programs attached too, which new maps get right
+	// after the first sync.
+	agent.WaitLog(t, "programs attached after the first sync filled the maps", waitLong)
 	if code := get(t, client, health+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz = %d after the first sync, want 200", code)
 	}
@@ -116,6 +140,19 @@ func TestPrivilegedReadinessAndMetrics(t *testing.T) {
 		if got := value(m, name, nil); got != 0 {
 			t.Errorf("%s = %v, want 0", name, got)
 		}
+	}
+}
+
+// httpClient makes requests from inside the cluster's namespace, where
+// the agents' endpoints listen.
+func (e *env) httpClient() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:       e.c.NS.Dial,
+			Proxy:             func(*http.Request) (*url.URL, error) { return nil, nil },
+			DisableKeepAlives: true,
+		},
+		Timeout: 5 * time.Second,
 	}
 }
 

@@ -104,10 +104,17 @@ func TestPrivilegedSessionAffinityService(t *testing.T) {
 	if len(one) != 1 {
 		t.Errorf("one client's 100 connects went to %v; affinity keeps one backend", one)
 	}
-	// Distinct clients: namespaces of their own, wired to the pods.
+	// Distinct clients: namespaces of their own, wired to the pods. Each
+	// picks one of 3 backends at random, so 8 clients all land on one with
+	// a probability of 3/3^8 (1 in 2187): more clients are added until two
+	// backends are seen, up to maxClients (3/3^40, about 2e-19, for a
+	// working datapath to fail).
+	const minClients, maxClients = 8, 40
 	stuck := map[string]int{}
+	clients, twoAt := 0, 0
 	within(t, a, func() {
-		for i := range 8 {
+		for ; clients < minClients || len(stuck) < 2 && clients < maxClients; clients++ {
+			i := clients
 			c := sandbox.NewNetns(t)
 			if err := sandbox.Wire(c, e.c.NS, netip.AddrFrom4([4]byte{198, 18, 1, byte(i + 1)}), netip.MustParsePrefix("198.18.0.0/24")); err != nil {
 				t.Fatal(err)
@@ -126,10 +133,13 @@ func TestPrivilegedSessionAffinityService(t *testing.T) {
 			for name := range got {
 				stuck[name]++
 			}
+			if twoAt == 0 && len(stuck) >= 2 {
+				twoAt = i + 1
+			}
 		}
 	})
-	t.Logf("8 clients stuck to %v", stuck)
+	t.Logf("%d clients stuck to %v; the first %d of them reached two backends", clients, stuck, twoAt)
 	if len(stuck) < 2 {
-		t.Errorf("all clients got one backend: %v", stuck)
+		t.Errorf("all %d clients got one backend: %v", clients, stuck)
 	}
 }

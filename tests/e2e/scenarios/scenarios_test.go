@@ -3,6 +3,7 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"syscall"
@@ -10,8 +11,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/socklb/socklb/tests/e2e/cluster"
 )
@@ -143,10 +147,15 @@ func TestPrivilegedInternalTrafficPolicyLocal(t *testing.T) {
 	e.waitOutcomes(t, a, vip(all, 80), "web-a1", "web-b1", "web-b2")
 
 	// The local pod goes: node-a has no local endpoint left → refused,
-	// while node-b is unaffected.
+	// while node-b is unaffected. So that node-b's answer is not just
+	// from before it saw the change, a later change joins the same slice
+	// (web-b3, ready on node-b) and node-b must show it: having seen the
+	// later version of the slice, it has seen the earlier one.
 	e.c.SetPodReady(t, testNS, "web-a1", false)
 	e.waitOutcomes(t, a, vip(svc, 80), "refused")
-	e.waitOutcomes(t, b, vip(svc, 80), "web-b1", "web-b2")
+	e.pod(t, "web-b3", "198.18.0.4", "node-b", web, true)
+	e.waitOutcomes(t, b, vip(svc, 80), "web-b1", "web-b2", "web-b3")
+	e.waitOutcomes(t, a, vip(svc, 80), "refused")
 }
 
 // TestPrivilegedPreferClose: with trafficDistribution PreferClose and two
@@ -181,9 +190,12 @@ func TestPrivilegedServiceSelector(t *testing.T) {
 	withLabels := func(kv ...string) func(*corev1.Service) {
 		return func(s *corev1.Service) { s.Labels = labelsOf(kv...) }
 	}
-	prod := e.service(t, "prod", web, withLabels("env", "prod"))
 	qaFront := e.service(t, "qa-front", web, withLabels("env", "qa", "tier", "frontend"))
 	dev := e.service(t, "dev", web, withLabels("env", "dev"))
+	// Created last: the agent watches Services in order, so once it
+	// serves prod it has seen the two before, and their VIPs left alone
+	// mean they were not selected (not that they were not seen yet).
+	prod := e.service(t, "prod", web, withLabels("env", "prod"))
 
 	e.waitOutcomes(t, a, vip(prod, 80), "web-1")
 	e.waitOutcomes(t, a, vip(qaFront, 80), "unreachable")
@@ -196,21 +208,39 @@ func TestPrivilegedServiceSelector(t *testing.T) {
 	e.waitOutcomes(t, a, vip(dev, 80), "web-1")
 }
 
-// loop connects to addrs from n's cgroup until stop is closed and counts
-// failures per address.
+// loop connects to addrs from n's cgroup until stopped and counts connects
+// and failures per address.
 type loop struct {
 	mu       sync.Mutex
 	total    map[string]int
 	failures map[string][]error
 }
 
-func (e *env) runLoop(t *testing.T, n *node, addrs ...string) (stop func() *loop) {
+// count is how many connects to addr completed so far.
+func (l *loop) count(addr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total[addr]
+}
+
+// waitConnects waits until n more connects to addr completed. The bound is
+// for a loop that is stuck, far above what a slow machine needs.
+func (l *loop) waitConnects(t *testing.T, addr string, n int) {
+	t.Helper()
+	start := l.count(addr)
+	cluster.WaitFor(t, fmt.Sprintf("%d more connects to %s", n, addr), 2*time.Minute, func(context.Context) (bool, error) {
+		return l.count(addr) >= start+n, nil
+	})
+}
+
+// runLoop starts the loop; stop ends it (once) and returns it.
+func (e *env) runLoop(t *testing.T, n *node, addrs ...string) (l *loop, stop func() *loop) {
 	t.Helper()
 	restore, err := n.cg.EnterSelf()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &loop{total: map[string]int{}, failures: map[string][]error{}}
+	l = &loop{total: map[string]int{}, failures: map[string][]error{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, addr := range addrs {
@@ -225,6 +255,8 @@ func (e *env) runLoop(t *testing.T, n *node, addrs ...string) (stop func() *loop
 					l.failures[addr] = append(l.failures[addr], err)
 				}
 				l.mu.Unlock()
+				// Pacing, not waiting for anything: the control plane
+				// shares the machine's CPUs with this loop.
 				time.Sleep(2 * time.Millisecond)
 			}
 		}()
@@ -242,13 +274,17 @@ func (e *env) runLoop(t *testing.T, n *node, addrs ...string) (stop func() *loop
 		return l
 	}
 	t.Cleanup(func() { stop() })
-	return stop
+	return l, stop
 }
 
-// TestPrivilegedAPIServerOutage: the API server is down for 30 s; the
-// dataplane keeps serving unchanged, and changes made after it returns
-// are applied.
+// TestPrivilegedAPIServerOutage: while the API server is down the
+// dataplane keeps serving unchanged, and the agent keeps syncing from what
+// it has (each node address added during the outage makes it sync); changes
+// made after the API server returns are applied. The outage lasts until
+// those syncs happened and outageConnects connects completed in it, not
+// for a time.
 func TestPrivilegedAPIServerOutage(t *testing.T) {
+	const outageSyncs, outageConnects = 3, 1000
 	e := newEnv(t)
 	a := e.node(t, "node-a", "")
 	agent := e.startAgent(t, a)
@@ -256,20 +292,30 @@ func TestPrivilegedAPIServerOutage(t *testing.T) {
 	e.pod(t, "web-2", "198.18.0.2", "node-a", web, true)
 	svc := e.service(t, "web", web, nil)
 	e.waitOutcomes(t, a, vip(svc, 80), "web-1", "web-2")
+	client, metrics := e.httpClient(), "http://"+listenAddr(t, agent, "metrics")+"/metrics"
+	syncs := func() float64 { return value(scrape(t, client, metrics), "socklb_sync_duration_seconds", nil) }
 
-	stop := e.runLoop(t, a, vip(svc, 80))
+	l, stop := e.runLoop(t, a, vip(svc, 80))
 	e.c.StopAPIServer(t)
-	time.Sleep(30 * time.Second)
+	for i := range outageSyncs {
+		before := syncs()
+		if err := e.c.NS.AddAddr(netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 202, byte(i + 1)}), 32)); err != nil {
+			t.Fatal(err)
+		}
+		cluster.WaitFor(t, fmt.Sprintf("a sync after node address %d was added during the outage", i+1), waitLong,
+			func(context.Context) (bool, error) { return syncs() > before, nil })
+	}
+	l.waitConnects(t, vip(svc, 80), outageConnects)
+	if rows, _ := a.inspect(t); len(rows[vip(svc, 80)+"/TCP"].Backends) != 2 {
+		t.Errorf("after %d syncs during the outage, web is %+v; want its 2 backends unchanged", outageSyncs, rows[vip(svc, 80)+"/TCP"])
+	}
 	// The loop leaves the client cgroup before the API server starts
 	// again, so that the new process is not born inside it.
-	l := stop()
+	stop()
 	e.c.StartAPIServer(t)
-	t.Logf("%d connects during the 30 s outage: %d failed", l.total[vip(svc, 80)], len(l.failures[vip(svc, 80)]))
+	t.Logf("%d connects during the outage: %d failed", l.total[vip(svc, 80)], len(l.failures[vip(svc, 80)]))
 	if f := l.failures[vip(svc, 80)]; len(f) != 0 {
 		t.Errorf("%d connects failed while the API server was down; first: %v", len(f), f[0])
-	}
-	if l.total[vip(svc, 80)] < 100 {
-		t.Errorf("only %d connects ran", l.total[vip(svc, 80)])
 	}
 	select {
 	case <-agent.Done():
@@ -306,8 +352,10 @@ func TestPrivilegedAPIServerOutage(t *testing.T) {
 
 // TestPrivilegedAgentRestartConverges: Services change while the agent is
 // down; the restarted agent converges, and connects to a Service that kept
-// ready endpoints never fail.
+// ready endpoints never fail. The agent stays down until the API server
+// shows every change and restartConnects connects completed without it.
 func TestPrivilegedAgentRestartConverges(t *testing.T) {
+	const restartConnects = 200
 	e := newEnv(t)
 	a := e.node(t, "node-a", "")
 	agent := e.startAgent(t, a)
@@ -319,7 +367,7 @@ func TestPrivilegedAgentRestartConverges(t *testing.T) {
 	e.waitOutcomes(t, a, vip(svc, 80), "web-1", "web-2")
 	e.waitOutcomes(t, a, vip(api, 80), "api-1")
 
-	stop := e.runLoop(t, a, vip(svc, 80))
+	l, stop := e.runLoop(t, a, vip(svc, 80))
 	agent.Kill(syscall.SIGTERM)
 	// While it is down: web gains web-3 and loses web-1, api is deleted.
 	e.pod(t, "web-3", "198.18.0.3", "node-a", web, true)
@@ -327,9 +375,22 @@ func TestPrivilegedAgentRestartConverges(t *testing.T) {
 	if err := e.c.Client.CoreV1().Services(testNS).Delete(ctxFor(t), "api", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The EndpointSlice controller applies the pod changes on its own
+	// time: wait until the API server has them, so that the restarted
+	// agent finds them in its first list rather than watching them arrive.
+	cluster.WaitFor(t, "web's slices to show web-3 ready and web-1 not ready, and api gone", waitLong, func(ctx context.Context) (bool, error) {
+		ready, err := sliceReadiness(ctx, e.c.Client, "web")
+		if err != nil {
+			return false, err
+		}
+		if _, err := e.c.Client.CoreV1().Services(testNS).Get(ctx, "api", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return false, err
+		}
+		return ready["198.18.0.3"] && !ready["198.18.0.1"], nil
+	})
+	l.waitConnects(t, vip(svc, 80), restartConnects)
 	e.startAgent(t, a)
-	l := stop()
+	stop()
 
 	e.waitOutcomes(t, a, vip(svc, 80), "web-2", "web-3")
 	e.waitOutcomes(t, a, vip(api, 80), "unreachable")
@@ -337,4 +398,24 @@ func TestPrivilegedAgentRestartConverges(t *testing.T) {
 	if f := l.failures[vip(svc, 80)]; len(f) != 0 {
 		t.Errorf("%d connects to web failed across the restart; first: %v", len(f), f[0])
 	}
+}
+
+// sliceReadiness is, for every endpoint address in the EndpointSlices of
+// Service svc, whether a slice marks it ready.
+func sliceReadiness(ctx context.Context, client kubernetes.Interface, svc string) (map[string]bool, error) {
+	list, err := client.DiscoveryV1().EndpointSlices(testNS).List(ctx, metav1.ListOptions{
+		LabelSelector: discoveryv1.LabelServiceName + "=" + svc,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ready := map[string]bool{}
+	for _, sl := range list.Items {
+		for _, ep := range sl.Endpoints {
+			for _, addr := range ep.Addresses {
+				ready[addr] = ready[addr] || ep.Conditions.Ready != nil && *ep.Conditions.Ready
+			}
+		}
+	}
+	return ready, nil
 }
