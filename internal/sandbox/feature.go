@@ -7,9 +7,12 @@ import (
 
 // AllowMissingFeaturesEnv, set to 1, lets RequireFeature skip a test on a
 // kernel that lacks a feature. The kernel matrix (tests/vm) sets it in its
-// VMs, which boot older kernels on purpose. Everywhere else, as on the
-// machines that run CI, a missing feature fails the test: a probe that
-// broke must not turn a privileged test into a skip unnoticed.
+// VMs, which boot older kernels on purpose, and then checks every skip
+// against that kernel's list of expected skips (tests/vm/skips.go): a skip
+// not listed, or listed for another reason, fails the run. Everywhere
+// else, as on the machines that run CI, a missing feature fails the test:
+// a probe that broke must not turn a privileged test into a skip
+// unnoticed.
 const AllowMissingFeaturesEnv = "SOCKLB_ALLOW_MISSING_FEATURES"
 
 // RequireFeature stops the test when the running kernel lacks a feature

@@ -16,7 +16,10 @@ import (
 // The environment the test binaries read; the names are those of
 // testagent.AgentBinEnv and sandbox.AllowMissingFeaturesEnv (a test
 // checks), spelled out so that this program does not link the testing
-// helpers.
+// helpers. Every VM sets allowMissingFeaturesEnv, so a test there skips
+// on a feature its kernel lacks instead of failing; each skip is then
+// checked against that kernel's list (Suite.ExpectedSkips), so a probe
+// that broke still fails the run.
 const (
 	agentBinEnv             = "SOCKLB_AGENT_BIN"
 	allowMissingFeaturesEnv = "SOCKLB_ALLOW_MISSING_FEATURES"
@@ -54,8 +57,13 @@ type Suite struct {
 	// their shared libraries.
 	Tools []string
 	// GuestSkip names tests that cannot run in a VM, with the reason:
-	// they are skipped there (-test.skip) and still run natively.
+	// they are left out there (-test.skip) and still run natively.
 	GuestSkip map[string]string
+	// ExpectedSkips lists, per kernel (KernelResult.Name: "6.1",
+	// "host"), the tests that kernel is known to skip. Any other skip,
+	// and a listed one that did not happen, fails that kernel
+	// (CheckSkips); a kernel without a list may skip nothing.
+	ExpectedSkips map[string][]ExpectedSkip
 }
 
 // guest paths

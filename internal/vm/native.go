@@ -15,7 +15,7 @@ import (
 // RunNative runs suite on the host's own kernel: the same binaries and
 // flags as in the VMs, each in its package directory, but without
 // AllowMissingFeatures, so a feature missing here fails as it does in
-// `make test`.
+// `make test`. Its skips are checked against Suite.ExpectedSkips["host"].
 func RunNative(ctx context.Context, suite *Suite, progress io.Writer) (*KernelResult, error) {
 	release, err := os.ReadFile("/proc/sys/kernel/osrelease")
 	if err != nil {
@@ -59,6 +59,7 @@ func RunNative(ctx context.Context, suite *Suite, progress io.Writer) (*KernelRe
 		res.Packages = append(res.Packages, pr)
 	}
 	res.Wall = time.Since(start)
+	res.SkipMismatches = suite.CheckSkips(res, suite.ExpectedSkips[res.Name], false)
 	return res, nil
 }
 

@@ -121,6 +121,7 @@ loop:
 	if res.Failed() {
 		res.Console = lastLines(console, 40)
 	}
+	res.SkipMismatches = suite.CheckSkips(res, suite.ExpectedSkips[k.Name], true)
 	return res, nil
 }
 

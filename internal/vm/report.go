@@ -12,8 +12,10 @@ import (
 
 // WriteReport prints the kernel matrix: one row per kernel with its
 // counts and time, what each kernel ran, the skipped tests with their
-// reasons, and the failures with their output. The last line is the
-// totals, "vm-test: N passed, N failed, N skipped".
+// reasons, each marked expected or UNEXPECTED by its kernel's list, and
+// the failures with their output (skip mismatches among them). The last
+// line is the totals, "vm-test: N passed, N failed, N skipped, N skip
+// mismatches".
 func WriteReport(w io.Writer, suite *Suite, results []*KernelResult) {
 	fmt.Fprintf(w, "\nKernel matrix: tests matching %q of", suite.Run)
 	for _, p := range suite.Packages {
@@ -75,15 +77,23 @@ func WriteReport(w io.Writer, suite *Suite, results []*KernelResult) {
 		}
 	}
 
-	fmt.Fprintln(w, "\nSkipped:")
-	skipped := false
+	fmt.Fprintln(w, "\nSkipped (each checked against its kernel's list of expected skips):")
+	skipped, mismatches := false, 0
 	for _, r := range results {
+		mismatches += len(r.SkipMismatches)
 		for _, p := range r.Packages {
 			for _, t := range p.Tests {
-				if t.Action == "skip" {
-					skipped = true
-					fmt.Fprintf(w, "  %s: %s %s: %s\n", r.Name, p.ImportPath, t.Name, t.SkipReason())
+				if t.Action != "skip" {
+					continue
 				}
+				skipped = true
+				verdict := "expected"
+				if slices.ContainsFunc(r.SkipMismatches, func(m SkipMismatch) bool {
+					return m.Skipped && m.Package == p.ImportPath && m.Test == t.Name
+				}) {
+					verdict = "UNEXPECTED"
+				}
+				fmt.Fprintf(w, "  %s: %s %s: %s [%s]\n", r.Name, p.ImportPath, t.Name, t.SkipReason(), verdict)
 			}
 		}
 	}
@@ -98,6 +108,9 @@ func WriteReport(w io.Writer, suite *Suite, results []*KernelResult) {
 		fmt.Fprintf(w, "\nFAILED on %s (%s):\n", r.Name, r.Release)
 		for _, pr := range r.Problems {
 			fmt.Fprintf(w, "  %s\n", pr)
+		}
+		for _, m := range r.SkipMismatches {
+			fmt.Fprintf(w, "  %s\n", m)
 		}
 		for _, p := range r.Packages {
 			failedTests := 0
@@ -125,7 +138,7 @@ func WriteReport(w io.Writer, suite *Suite, results []*KernelResult) {
 			}
 		}
 	}
-	fmt.Fprintf(w, "\nvm-test: %d passed, %d failed, %d skipped\n", tp, tf, ts)
+	fmt.Fprintf(w, "\nvm-test: %d passed, %d failed, %d skipped, %d skip mismatches\n", tp, tf, ts, mismatches)
 }
 
 func tailOf(s string, n int) []string {

@@ -54,13 +54,18 @@ type KernelResult struct {
 	// Problems are failures outside any test: a VM that timed out or
 	// crashed, a module that did not load, a package that never ended.
 	Problems []string
+	// SkipMismatches are the skips that the kernel's list of expected
+	// skips does not account for, and the listed ones that did not
+	// happen (Suite.CheckSkips).
+	SkipMismatches []SkipMismatch
 	// Console is the end of the guest's kernel console, kept for problems.
 	Console string
 }
 
-// Failed reports whether anything on this kernel failed.
+// Failed reports whether anything on this kernel failed: a problem, a
+// package or test, or a skip that its list did not expect.
 func (r *KernelResult) Failed() bool {
-	return len(r.Problems) > 0 || slices.ContainsFunc(r.Packages, func(p PackageResult) bool { return p.Failed() })
+	return len(r.Problems) > 0 || len(r.SkipMismatches) > 0 || slices.ContainsFunc(r.Packages, func(p PackageResult) bool { return p.Failed() })
 }
 
 // Counts adds up the top-level tests that passed and failed (a subtest

@@ -93,11 +93,18 @@ func TestPrivilegedFinding6SecondAgentWaitsForLock(t *testing.T) {
 
 	// A cleanup removes the directory while it holds the lock: the
 	// waiter then locks the directory made anew, not the removed one.
+	var waiting testlog.Buffer
 	go func() {
-		l, err := AcquireLock(ctx, dir, nil)
+		l, err := AcquireLock(ctx, dir, slog.New(slog.NewTextHandler(&waiting, nil)))
 		done <- result{l, err}
 	}()
-	time.Sleep(50 * time.Millisecond)
+	for !strings.Contains(waiting.String(), "waiting") { // it waits on the old directory now
+		select {
+		case r := <-done:
+			t.Fatalf("AcquireLock returned while the second holds the lock: %v", r.err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}

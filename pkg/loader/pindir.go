@@ -57,6 +57,21 @@ func checkBPFFS(dir string) error {
 // kernel's mode 0600 files whatever the directory's mode; a looser one is
 // logged.
 func prepareDir(dir string, log *slog.Logger) (created []string, err error) {
+	// A directory removed while we look at it (a cleanup racing a
+	// waiting agent) is looked at again.
+	for range 3 {
+		created, err = prepareDirOnce(dir, log)
+		if !errors.Is(err, errDirVanished) {
+			return created, err
+		}
+	}
+	return nil, fmt.Errorf("pin directory %s: %w", dir, errDirVanished)
+}
+
+// errDirVanished: the pin directory was removed between two looks at it.
+var errDirVanished = errors.New("removed while being prepared")
+
+func prepareDirOnce(dir string, log *slog.Logger) (created []string, err error) {
 	if err := checkBPFFS(dir); err != nil {
 		return nil, err
 	}
@@ -83,6 +98,9 @@ func prepareDir(dir string, log *slog.Logger) (created []string, err error) {
 		return created, nil
 	}
 	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errDirVanished
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pin directory: %w", err)
 	}
