@@ -60,8 +60,10 @@ const (
 
 	envPrefix = "SOCKLB_"
 	// minMapEntries keeps a typo ("524") from making a map too small to
-	// hold even a small cluster.
+	// hold even a small cluster; maxMapEntries one ("52428800") from
+	// asking the kernel for gigabytes (it refuses with a bare E2BIG).
 	minMapEntries = 1024
+	maxMapEntries = 1 << 24
 	// maxReconcileInterval bounds how long drift in the kernel maps can
 	// go unrepaired.
 	maxReconcileInterval = time.Hour
@@ -96,8 +98,8 @@ func addFlags(f *pflag.FlagSet) {
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.Duration("min-sync-interval", time.Second/10, "minimum time between two map syncs (bursts of changes collapse)")
 	f.Int("sync-burst", 2, "syncs allowed back to back before min-sync-interval applies")
-	f.Uint32("service-map-entries", 524288, "entries of the service map: frontends plus backend slots, double-buffered (at least 1024)")
-	f.Uint32("backend-map-entries", 262144, "entries of the backend map (at least 1024)")
+	f.Uint32("service-map-entries", 524288, "entries of the service map: frontends plus backend slots, double-buffered (1024 to 16777216)")
+	f.Uint32("backend-map-entries", 262144, "entries of the backend map (1024 to 16777216)")
 	f.Duration("reconcile-interval", time.Minute, "how often the kernel maps are read back in full and drift is repaired (at most 1h)")
 	f.Bool("skip-capability-check", false, "do not check capabilities before loading (tests only)")
 	if err := f.MarkHidden("skip-capability-check"); err != nil {
@@ -176,8 +178,8 @@ func hostPort(v *viper.Viper, key string) error {
 }
 
 func mapEntries(v *viper.Viper, key string) error {
-	if v.GetUint32(key) < minMapEntries {
-		return fmt.Errorf("want at least %d", minMapEntries)
+	if n := v.GetUint32(key); n < minMapEntries || n > maxMapEntries {
+		return fmt.Errorf("want at least %d and at most %d", minMapEntries, maxMapEntries)
 	}
 	return nil
 }

@@ -125,6 +125,7 @@ var outOfRange = []struct{ key, value, want string }{
 	{"min-sync-interval", "-1s", "negative"},
 	{"service-map-entries", "1023", "want at least 1024"},
 	{"backend-map-entries", "100", "want at least 1024"},
+	{"service-map-entries", "16777217", "at most 16777216"},
 	{"reconcile-interval", "0s", "want more than 0 and at most 1h0m0s"},
 	{"reconcile-interval", "2h", "want more than 0 and at most 1h0m0s"},
 	{"log-format", "xml", "want text or json"},

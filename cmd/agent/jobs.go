@@ -101,17 +101,23 @@ func newDestroyer(dp *loader.Datapath, c Config, m *metrics.Sync, log *slog.Logg
 			return dp.DestroySockets(gone, loader.DestroyOptions{TCP: c.DestroyTCP, Logger: log})
 		},
 		OnPass: func(n int, err error) {
-			m.Destroyed(n)
 			switch {
 			case errors.Is(err, loader.ErrNoSockDestroy):
+				m.DestroyPass("unsupported", n)
 				if !warned {
 					log.Warn("sockets of removed backends are left to time out", "reason", err)
 					warned = true
 				}
 			case err != nil:
+				m.DestroyPass("error", n)
 				log.Error("destroy sockets of removed backends", "error", err, "destroyed", n)
-			case n > 0:
-				log.Info("destroyed sockets of removed backends", "sockets", n)
+			default:
+				m.DestroyPass("ok", n)
+				if n > 0 {
+					log.Info("destroyed sockets of removed backends", "sockets", n)
+				} else {
+					log.Debug("no socket of the removed backends to destroy")
+				}
 			}
 		},
 		Logger: log,

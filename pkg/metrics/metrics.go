@@ -29,6 +29,7 @@ type Sync struct {
 	lastOK       prometheus.Gauge
 	repaired     *prometheus.CounterVec
 	destroyed    prometheus.Counter
+	passes       *prometheus.CounterVec
 }
 
 // NewSync registers the sync metrics with reg.
@@ -73,9 +74,13 @@ func NewSync(reg prometheus.Registerer) *Sync {
 			Namespace: namespace, Name: "sockets_destroyed_total",
 			Help: "Sockets closed because their backend left their Service.",
 		}),
+		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "socket_destroy_passes_total",
+			Help: "Passes over the node's sockets for backends that left their Service, by result (ok, error, unsupported).",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(s.duration, s.errors, s.frontends, s.backends, s.overCapacity, s.inSync, s.lastOK,
-		s.repaired, s.destroyed)
+		s.repaired, s.destroyed, s.passes)
 	return s
 }
 
@@ -112,8 +117,10 @@ func (s *Sync) Repaired(kind string, n int) {
 	}
 }
 
-// Destroyed counts n closed sockets.
-func (s *Sync) Destroyed(n int) {
+// DestroyPass counts one pass of socket destruction that closed n
+// sockets; result is ok, error or unsupported.
+func (s *Sync) DestroyPass(result string, n int) {
+	s.passes.WithLabelValues(result).Inc()
 	if n > 0 {
 		s.destroyed.Add(float64(n))
 	}

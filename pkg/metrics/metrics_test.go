@@ -220,3 +220,26 @@ func TestDatapathCountersNeverFallWhenAFrontendGoes(t *testing.T) {
 		t.Fatalf("after the Service went: connects = %v, want no series", got)
 	}
 }
+
+// TestDestroyPassCountsEveryPass: a pass that closed nothing is counted
+// too, so an operator (and a test) can see that destruction ran.
+func TestDestroyPassCountsEveryPass(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := NewSync(reg)
+	s.DestroyPass("ok", 0)
+	s.DestroyPass("ok", 3)
+	s.DestroyPass("unsupported", 0)
+	want := `
+# HELP socklb_socket_destroy_passes_total Passes over the node's sockets for backends that left their Service, by result (ok, error, unsupported).
+# TYPE socklb_socket_destroy_passes_total counter
+socklb_socket_destroy_passes_total{result="ok"} 2
+socklb_socket_destroy_passes_total{result="unsupported"} 1
+# HELP socklb_sockets_destroyed_total Sockets closed because their backend left their Service.
+# TYPE socklb_sockets_destroyed_total counter
+socklb_sockets_destroyed_total 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"socklb_socket_destroy_passes_total", "socklb_sockets_destroyed_total"); err != nil {
+		t.Error(err)
+	}
+}
