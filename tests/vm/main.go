@@ -29,7 +29,8 @@ import (
 // guestSkip are the tests that cannot run in a VM, and why; they run
 // natively, and the report lists them.
 var guestSkip = map[string]string{
-	"TestPrivilegedAgentUpgradeFromOlderMapLayouts": "builds the v1 and v2 agents from the repository's history with git and go, which the VM has not",
+	"TestPrivilegedAgentUpgradeFromOlderMapLayouts":       "builds the v1 and v2 agents from the repository's history with git and go, which the VM has not",
+	"TestPrivilegedFinding8DemoFailsLoudlyWithoutBpftool": "builds the demo with go, which the VM has not (and no kernel feature is involved)",
 }
 
 // defaultKernels are the kernels --kernels boots unless told otherwise;
