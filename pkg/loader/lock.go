@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -118,6 +119,14 @@ func tryLock(dir string, create bool, log *slog.Logger) (*Lock, error) {
 	}
 	for range 10 {
 		f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if create && errors.Is(err, fs.ErrNotExist) {
+			// Removed since prepareDir made or found it (a cleanup of
+			// the holder before us): make it again.
+			if created, err = prepareDir(dir, log); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("open pin directory for locking: %w", err)
 		}
