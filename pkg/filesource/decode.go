@@ -163,6 +163,9 @@ func split(data []byte) *collector {
 		skipped := countLeading(doc, isBlankOrComment)
 		body := dropLines(doc, skipped)
 		at := origin{index: index, line: segLine + countLeading(seg, isSeparator) + skipped}
+		// A last line without its newline ("---#0" at the end) reaches the
+		// document unstripped: the object is on a line of the segment.
+		at.line = min(at.line, segLine+max(bytes.Count(bytes.TrimSuffix(seg, newline), newline), 0))
 		c.document(at, body)
 	}
 	return c

@@ -134,7 +134,8 @@ func FuzzParseContent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input string) {
 		identify([]byte(input)) // never panics, whatever it finds
 		c, ref := parseContent([]byte(input))
-		lines := strings.Count(input, "\n") + 1
+		// YAML breaks lines at \n, \r\n and a lone \r alike.
+		lines := strings.Count(strings.ReplaceAll(strings.ReplaceAll(input, "\r\n", "\n"), "\r", "\n"), "\n") + 1
 		if ref == nil {
 			for _, s := range c.in.Services {
 				if s == nil || s.Name == "" || s.Namespace == "" {
