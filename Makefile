@@ -10,16 +10,20 @@ IMAGE := bin/socklb-agent-image.tar
 # tree gives the same image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin e2e bench
+.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin node-bin e2e bench
 
 help: ## this menu
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-# Debian packages: CLANG_PKGS build bpf/; DEPS_PKGS is everything the build,
-# the tests (iptables-save, nft and conntrack for kube-proxy parity, bpftool,
-# ip, nsenter/unshare) and the demo (bpftool) run.
+# Debian packages: CLANG_PKGS build bpf/; NODE_PKGS are what the test node
+# takes from Debian (runc, the CNI plugins in /usr/lib/cni) and the C
+# compiler and static libc its pause binary is built with; DEPS_PKGS is
+# everything the build, the tests (iptables-save, nft and conntrack for
+# kube-proxy parity, bpftool, ip, nsenter/unshare), the test node and the
+# demo (bpftool) run.
 CLANG_PKGS := clang-19 llvm-19 libbpf-dev linux-libc-dev
-DEPS_PKGS := $(CLANG_PKGS) bpftool iproute2 util-linux iptables nftables conntrack
+NODE_PKGS := runc containernetworking-plugins gcc libc6-dev
+DEPS_PKGS := $(CLANG_PKGS) bpftool iproute2 util-linux iptables nftables conntrack $(NODE_PKGS)
 
 # apt-install: install those of the Debian packages $(1) that are not
 # installed yet, with one `apt-get update` first; nothing when none is missing.
@@ -101,6 +105,9 @@ test: deps lint verify-generated build e2e-bin test-deps race fuzz ## every test
 
 e2e-bin: ## build once (cached in ~/.cache/socklb-e2e) kube-apiserver, kube-controller-manager, etcd v1.37.2
 	$(GO) run ./tests/e2e/cmd/e2e-bin
+
+node-bin: deps ## build once (cached in ~/.cache/socklb-e2e) the test node's kubelet, kube-scheduler, kubectl, containerd, CoreDNS, pause; find runc, CNI plugins
+	$(GO) run ./tests/node/cmd/node-bin
 
 e2e: build e2e-bin ## end-to-end tests against a real API server in a private netns (run as root)
 	set -o pipefail; $(GO) test -count=1 -p 1 -timeout 30m -v ./tests/e2e/... 2>&1 | \

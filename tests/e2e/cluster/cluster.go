@@ -23,7 +23,8 @@
 //
 // [StartWith] takes [Options]: other service ranges (e.g. room for 100 000
 // ClusterIPs), no controller manager (a benchmark that writes its own
-// EndpointSlices), a faster client, extra flags.
+// EndpointSlices), a faster client, extra flags; with ServiceAccounts and
+// more controllers it serves a real kubelet (package tests/node/harness).
 //
 // Everything [Start] creates (processes, the namespace, temporary files) is
 // removed in t.Cleanup, also when the test fails; the components' logs are
@@ -222,6 +223,19 @@ type Options struct {
 	// "--quota-backend-bytes=8589934592".
 	APIServerArgs []string
 	EtcdArgs      []string
+	// ControllerManagerArgs are appended to kube-controller-manager's
+	// flags. --controllers is a list that a later flag adds to, so
+	// "--controllers=node-lifecycle-controller" runs that controller too.
+	ControllerManagerArgs []string
+	// ServiceAccounts makes the cluster fit for real pods, as a kubelet
+	// runs them: the ServiceAccount admission plugin stays on (pods get a
+	// service account and its token volume), and the controller manager
+	// also runs the serviceaccount, serviceaccount-token and
+	// root-ca-certificate-publisher controllers (the default service
+	// accounts, legacy token Secrets signed with the cluster's key, and
+	// the kube-root-ca.crt ConfigMap with its CA). Ignored without a
+	// controller manager.
+	ServiceAccounts bool
 }
 
 // StartWith is [Start] with options. Without a controller manager it
@@ -350,12 +364,14 @@ func StartWith(t testing.TB, opts Options) *Cluster {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + c.pki.saPubFile,
 		"--service-account-signing-key-file=" + c.pki.saKeyFile,
-		// No controller creates the default service accounts, and pods
-		// never run: do not require or mount tokens.
-		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--v=1",
+	}
+	if !opts.ServiceAccounts || opts.WithoutControllerManager {
+		// No controller creates the default service accounts, and pods
+		// never run: do not require or mount tokens.
+		c.apiArgs = append(c.apiArgs, "--disable-admission-plugins=ServiceAccount")
 	}
 	c.apiArgs = append(c.apiArgs, opts.APIServerArgs...)
 	c.api = c.start(t, "kube-apiserver", bins.APIServer, c.apiArgs...)
@@ -370,21 +386,29 @@ func StartWith(t testing.TB, opts Options) *Cluster {
 		c.createServiceCIDRs(t, opts.ExtraServiceCIDRs)
 		return c
 	}
-	c.kcm = c.start(t, "kube-controller-manager", bins.ControllerManager,
-		"--kubeconfig="+kcmKubeconfig,
+	kcmArgs := []string{
+		"--kubeconfig=" + kcmKubeconfig,
 		"--controllers=endpointslice-controller,garbage-collector-controller",
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
 		"--bind-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(kcmPort),
-		"--cert-dir="+certDir,
-		"--tls-cert-file="+c.pki.kcmCertFile,
-		"--tls-private-key-file="+c.pki.kcmKeyFile,
+		"--secure-port=" + strconv.Itoa(kcmPort),
+		"--cert-dir=" + certDir,
+		"--tls-cert-file=" + c.pki.kcmCertFile,
+		"--tls-private-key-file=" + c.pki.kcmKeyFile,
 		"--kube-api-qps=200",
 		"--kube-api-burst=400",
 		"--profiling=false",
 		"--v=1",
-	)
+	}
+	if opts.ServiceAccounts {
+		kcmArgs = append(kcmArgs,
+			"--controllers=serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller",
+			"--service-account-private-key-file="+c.pki.saKeyFile,
+			"--root-ca-file="+c.pki.caFile,
+		)
+	}
+	c.kcm = c.start(t, "kube-controller-manager", bins.ControllerManager, append(kcmArgs, opts.ControllerManagerArgs...)...)
 	if err := c.waitDefaultNamespace(); err != nil {
 		t.Fatal(err)
 	}
