@@ -269,12 +269,14 @@ func parseMounts(r io.Reader, fstype string) ([]string, error) {
 		if len(fields) < 3 || fields[2] != fstype {
 			continue
 		}
-		out = append(out, unescapeMount(fields[1]))
+		out = append(out, UnescapeMount(fields[1]))
 	}
 	return out, sc.Err()
 }
 
-func unescapeMount(s string) string {
+// UnescapeMount undoes the octal escapes (\040 for a space) of a path in
+// /proc/mounts or /proc/self/mountinfo.
+func UnescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

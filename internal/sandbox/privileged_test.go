@@ -71,7 +71,7 @@ func mountedAt(t testing.TB, path string) bool {
 		t.Fatal(err)
 	}
 	for line := range strings.Lines(string(data)) {
-		if f := strings.Fields(line); len(f) > 4 && unescapeMount(f[4]) == dir {
+		if f := strings.Fields(line); len(f) > 4 && UnescapeMount(f[4]) == dir {
 			return true
 		}
 	}

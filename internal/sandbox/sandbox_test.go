@@ -37,8 +37,8 @@ func TestUnescapeMount(t *testing.T) {
 		`/two\040\040sp`:   "/two  sp",
 		`/newline\012here`: "/newline\nhere",
 	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
+		if got := UnescapeMount(in); got != want {
+			t.Errorf("UnescapeMount(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

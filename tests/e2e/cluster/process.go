@@ -224,7 +224,7 @@ func (c *Cluster) dumpLogs(t testing.TB) {
 	}
 	c.mu.Unlock()
 	for _, comp := range logs {
-		data, err := readTail(comp.log, logTailBytes)
+		data, err := ReadTail(comp.log, logTailBytes)
 		if err != nil {
 			t.Logf("%s log: %v", comp.name, err)
 			continue
@@ -233,7 +233,8 @@ func (c *Cluster) dumpLogs(t testing.TB) {
 	}
 }
 
-func readTail(path string, n int64) ([]byte, error) {
+// ReadTail returns at most the last n bytes of the file at path.
+func ReadTail(path string, n int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

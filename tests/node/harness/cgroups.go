@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socklb/socklb/internal/sandbox"
 )
 
 // kubeletControllers are the v1 controllers whose hierarchies kubelet
@@ -53,7 +55,7 @@ func parseCgroupMounts(r io.Reader) ([]hierarchy, error) {
 		if len(f) < 5 || len(g) < 3 || (g[0] != "cgroup" && g[0] != "cgroup2") {
 			continue
 		}
-		dev, root, mount := f[2], f[3], unescapeMountinfo(f[4])
+		dev, root, mount := f[2], f[3], sandbox.UnescapeMount(f[4])
 		if root != "/" || seen[dev] {
 			continue
 		}
@@ -83,26 +85,6 @@ func isV1Controller(opt string) bool {
 	}
 	return false
 }
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of
-// /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctalDigit(s[i+1]) && isOctalDigit(s[i+2]) && isOctalDigit(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctalDigit(c byte) bool { return c >= '0' && c <= '7' }
 
 // missingKubeletHierarchies names the controllers of kubeletControllers
 // that no v1 hierarchy has. A host with cgroup2 only has none of them,

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socklb/socklb/internal/sandbox"
 )
 
 // Footprint identifies what a node made on the host, so that a test can
@@ -180,7 +182,7 @@ func (f *Footprint) Leftovers() []string {
 			if len(fields) < 5 {
 				continue
 			}
-			mp := unescapeMountinfo(fields[4])
+			mp := sandbox.UnescapeMount(fields[4])
 			if (f.Dir != "" && (mp == f.Dir || strings.HasPrefix(mp, f.Dir+"/"))) || (f.Netns != "" && mp == f.Netns) ||
 				strings.Contains(sc.Text(), f.Name) {
 				left = append(left, "host mount "+sc.Text())

@@ -2,18 +2,19 @@ package harness
 
 import (
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/socklb/socklb/tests/e2e/cluster"
 )
 
 // dumpLogs prints the tail of each of the node's logs.
 func (n *Node) dumpLogs(t testing.TB) {
 	for _, path := range n.logs {
-		data, err := readTail(path, logTailBytes)
+		data, err := cluster.ReadTail(path, logTailBytes)
 		if err != nil {
 			t.Logf("%s: %v", path, err)
 			continue
@@ -40,24 +41,6 @@ func (n *Node) copyLogs(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func readTail(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() > max {
-		if _, err := f.Seek(fi.Size()-max, io.SeekStart); err != nil {
-			return nil, err
-		}
-	}
-	return io.ReadAll(f)
 }
 
 // logWriter sends build progress to t.Log.
