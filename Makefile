@@ -10,7 +10,7 @@ IMAGE := bin/socklb-agent-image.tar
 # tree gives the same image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin node-bin e2e bench
+.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin node-bin e2e node-e2e bench
 
 help: ## this menu
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -112,6 +112,10 @@ node-bin: deps ## build once (cached in ~/.cache/socklb-e2e) the test node's kub
 e2e: build e2e-bin ## end-to-end tests against a real API server in a private netns (run as root)
 	set -o pipefail; $(GO) test -count=1 -p 1 -timeout 30m -v ./tests/e2e/... 2>&1 | \
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:[0-9]+:'
+
+node-e2e: image node-bin ## deploy/ on a real node (kubelet, containerd, CoreDNS, no kube-proxy) in private namespaces: the README's "Try it on a real node" (root)
+	set -o pipefail; $(GO) test -tags nodee2e -count=1 -p 1 -timeout 30m -v ./tests/node/... 2>&1 | \
+		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|\.go:[0-9]+:'
 
 .PHONY: deps-vm vm-test
 deps-vm: ## install qemu and busybox-static for vm-test if missing

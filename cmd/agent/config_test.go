@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -489,5 +490,58 @@ func TestFinding5SIGHUPIsLoggedNotFatal(t *testing.T) {
 				t.Errorf("want two log lines:\n%s", logs)
 			}
 		})
+	}
+}
+
+// TestDeployMetricsAddrBothFamilies expands each DaemonSet's
+// SOCKLB_METRICS_ADDR as the kubelet does, with an IPv4 and an IPv6 node
+// address for $(HOST_IP): the agent accepts both and listens on exactly
+// that address (the unbracketed "$(HOST_IP):9810" broke on IPv6 nodes).
+func TestDeployMetricsAddrBothFamilies(t *testing.T) {
+	for _, file := range []string{"../../deploy/daemonset.yaml", "../../deploy/capabilities/daemonset.yaml"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ds struct {
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Env []struct{ Name, Value string } `yaml:"env"`
+						} `yaml:"containers"`
+					} `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
+		}
+		if err := yaml.Unmarshal(raw, &ds); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		value := ""
+		for _, c := range ds.Spec.Template.Spec.Containers {
+			for _, e := range c.Env {
+				if e.Name == "SOCKLB_METRICS_ADDR" {
+					value = e.Value
+				}
+			}
+		}
+		if !strings.Contains(value, "$(HOST_IP)") {
+			t.Fatalf("%s: SOCKLB_METRICS_ADDR = %q, want it built from $(HOST_IP)", file, value)
+		}
+		for _, ip := range []string{"192.0.2.7", "2001:db8::7"} {
+			addr := strings.ReplaceAll(value, "$(HOST_IP)", ip)
+			clearAgentEnv(t)
+			t.Setenv("NODE_NAME", "node-a")
+			t.Setenv("SOCKLB_METRICS_ADDR", addr)
+			c, _, err := loadWith(t)
+			if err != nil {
+				t.Errorf("%s with node IP %s: %q refused: %v", file, ip, addr, err)
+				continue
+			}
+			tcp, err := net.ResolveTCPAddr("tcp", c.MetricsAddr)
+			if err != nil || tcp.IP.String() != ip || tcp.Port != 9810 {
+				t.Errorf("%s with node IP %s: %q resolves to %v (%v), want %s port 9810", file, ip, addr, tcp, err, ip)
+			}
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -33,7 +34,10 @@ type pki struct {
 	caCertificate *x509.Certificate
 }
 
-func newPKI(dir string) (*pki, error) {
+// newPKI makes the CA and certificates; the API server's serving
+// certificate names 127.0.0.1, the kubernetes Service's ClusterIP and
+// extraAPIIPs.
+func newPKI(dir string, extraAPIIPs []netip.Addr) (*pki, error) {
 	p := &pki{
 		caFile:      filepath.Join(dir, "ca.crt"),
 		apiCertFile: filepath.Join(dir, "apiserver.crt"),
@@ -72,6 +76,9 @@ func newPKI(dir string) (*pki, error) {
 	}
 
 	apiIPs := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(KubernetesServiceIP)}
+	for _, ip := range extraAPIIPs {
+		apiIPs = append(apiIPs, ip.AsSlice())
+	}
 	apiNames := []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
 	if err := p.serving("kube-apiserver", apiIPs, apiNames, p.apiCertFile, p.apiKeyFile); err != nil {
 		return nil, err

@@ -223,6 +223,11 @@ type Options struct {
 	// "--quota-backend-bytes=8589934592".
 	APIServerArgs []string
 	EtcdArgs      []string
+	// APIServerIPs are more addresses the API server's serving
+	// certificate names, besides 127.0.0.1 and the kubernetes Service's
+	// ClusterIP: those it is reached at when APIServerArgs make it listen
+	// beyond loopback (e.g. a node IP that pods connect to).
+	APIServerIPs []netip.Addr
 	// ControllerManagerArgs are appended to kube-controller-manager's
 	// flags. --controllers is a list that a later flag adds to, so
 	// "--controllers=node-lifecycle-controller" runs that controller too.
@@ -296,7 +301,7 @@ func StartWith(t testing.TB, opts Options) *Cluster {
 	})
 
 	var err error
-	if c.pki, err = newPKI(c.Dir); err != nil {
+	if c.pki, err = newPKI(c.Dir, opts.APIServerIPs); err != nil {
 		t.Fatalf("cluster certificates: %v", err)
 	}
 	c.CAPEM = c.pki.caPEM

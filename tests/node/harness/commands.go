@@ -76,11 +76,33 @@ func (n *Node) ImportImage(t testing.TB, archive string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Run(t, n.Binaries.Ctr(), "--address", containerdSocket, "--namespace", "k8s.io", "images", "import", abs)
+	n.Run(t, n.Binaries.Ctr, "--address", containerdSocket, "--namespace", "k8s.io", "images", "import", abs)
+}
+
+// ImportBinaryImage builds the one-file image of spec ([BuildImage]),
+// tags it tag (e.g. "localhost/socklb-e2e/web:test") and imports it, so
+// pods can run it with imagePullPolicy Never.
+func (n *Node) ImportBinaryImage(t testing.TB, spec ImageSpec, tag string) {
+	t.Helper()
+	img, err := BuildImage(spec)
+	if err != nil {
+		t.Fatalf("image %s: %v", tag, err)
+	}
+	name := strings.Map(func(r rune) rune {
+		if r == '/' || r == ':' {
+			return '_'
+		}
+		return r
+	}, tag)
+	archive := filepath.Join(n.Dir, "image-"+name+".tar")
+	if err := WriteImage(archive, img, tag); err != nil {
+		t.Fatalf("image %s: %v", tag, err)
+	}
+	n.ImportImage(t, archive)
 }
 
 func (n *Node) env() []string {
-	dirs := []string{filepath.Dir(n.Binaries.Containerd), filepath.Dir(n.Binaries.Runc),
+	dirs := []string{filepath.Dir(n.Binaries.Containerd), filepath.Dir(n.Binaries.Shim), filepath.Dir(n.Binaries.Runc),
 		"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}
 	return []string{"PATH=" + strings.Join(dirs, ":"), "HOME=" + n.Dir, "TMPDIR=" + filepath.Join(n.Dir, "tmp")}
 }

@@ -208,26 +208,6 @@ func TestSetupScript(t *testing.T) {
 	}
 }
 
-func TestAdhocGoMod(t *testing.T) {
-	in := "// generated\n\nmodule github.com/socklb/socklb/tests/e2e/kubebin\n\ngo 1.26.0\n\ntool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n)\n"
-	out, err := adhocGoMod([]byte(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(out)
-	if !strings.Contains(s, "module socklb.invalid/nodeadhoc\n") || strings.Contains(s, "module github.com") {
-		t.Errorf("module not renamed:\n%s", s)
-	}
-	for _, p := range append(nodePackages, "k8s.io/kubernetes/cmd/kube-apiserver") {
-		if !strings.Contains(s, "\t"+p+"\n") {
-			t.Errorf("tool %s missing:\n%s", p, s)
-		}
-	}
-	if _, err := adhocGoMod([]byte("module x\n")); err == nil {
-		t.Error("a go.mod without a tool block was accepted")
-	}
-}
-
 func TestParseContainerdVersion(t *testing.T) {
 	for out, want := range map[string]struct {
 		version string

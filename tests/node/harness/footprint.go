@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/socklb/socklb/internal/sandbox"
@@ -32,6 +33,10 @@ type Footprint struct {
 	// Sysctls are the host's values, at Start, of the kernel settings
 	// kubelet checks.
 	Sysctls map[string]string
+	// BPFPrograms and BPFMaps are IDs of BPF objects loaded inside the
+	// node ([Footprint.AddBPF]); each must be gone after teardown.
+	BPFPrograms []uint32
+	BPFMaps     []uint32
 	// Procs are processes the node ran (its wrappers, kubelet,
 	// containerd) and those the test saw inside it ([Footprint.AddPIDs]).
 	Procs []Proc
@@ -79,6 +84,14 @@ func (f *Footprint) AddPIDs(pids ...int) {
 			f.Procs = append(f.Procs, Proc{PID: pid, Start: start})
 		}
 	}
+}
+
+// AddBPF records BPF programs and maps (by ID) that must be unloaded
+// after teardown: the kernel frees them with their last pin, link or
+// attachment, which go with the node's bpffs and cgroups.
+func (f *Footprint) AddBPF(progs, maps []uint32) {
+	f.BPFPrograms = append(f.BPFPrograms, progs...)
+	f.BPFMaps = append(f.BPFMaps, maps...)
 }
 
 // BootTicks is now in clock ticks since boot, the unit of Footprint.Before.
@@ -201,6 +214,28 @@ func (f *Footprint) Leftovers() []string {
 			left = append(left, fmt.Sprintf("host sysctl %s: %v", k, err))
 		} else if strings.TrimSpace(string(got)) != want {
 			left = append(left, fmt.Sprintf("host sysctl %s is %s, was %s", k, strings.TrimSpace(string(got)), want))
+		}
+	}
+	for _, id := range f.BPFPrograms {
+		if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id)); err == nil {
+			info, _ := p.Info()
+			name := ""
+			if info != nil {
+				name = info.Name
+			}
+			p.Close()
+			left = append(left, fmt.Sprintf("BPF program %d (%s) is still loaded", id, name))
+		}
+	}
+	for _, id := range f.BPFMaps {
+		if m, err := ebpf.NewMapFromID(ebpf.MapID(id)); err == nil {
+			info, _ := m.Info()
+			name := ""
+			if info != nil {
+				name = info.Name
+			}
+			m.Close()
+			left = append(left, fmt.Sprintf("BPF map %d (%s) still exists", id, name))
 		}
 	}
 	slices.Sort(left)

@@ -99,6 +99,10 @@ type Node struct {
 	Name string
 	// IP is the node IP: the bridge's address in Cluster.NS.
 	IP netip.Addr
+	// APIServer is the API server's address for pods and hostNetwork
+	// agents: the node IP and cluster.APIServerPort. It is the
+	// default/kubernetes Service's endpoint.
+	APIServer netip.AddrPort
 	// PodCIDR is the subnet pods get their addresses from.
 	PodCIDR netip.Prefix
 	// CgroupRoot is kubelet's cgroupRoot, "/socklb-node-<suffix>"; it
@@ -181,6 +185,7 @@ func Start(t testing.TB, opts Options) *Node {
 		t.Fatalf("bridge CIDR %s: want an IPv4 host address in a subnet of /30 or larger", bridge)
 	}
 	n.IP, n.PodCIDR = bridge.Addr(), bridge.Masked()
+	n.APIServer = netip.AddrPortFrom(n.IP, cluster.APIServerPort)
 
 	cpStart := time.Now()
 	copts := opts.Cluster
@@ -189,7 +194,21 @@ func Start(t testing.TB, opts Options) *Node {
 	// The API server reaches the kubelet (logs, exec, port-forward) at
 	// the node IP; by default it would first look the node's name up in
 	// the host's DNS, from inside the network namespace.
-	copts.APIServerArgs = append([]string{"--kubelet-preferred-address-types=InternalIP"}, copts.APIServerArgs...)
+	//
+	// Pods reach the API server at the node IP: it listens on every
+	// address of the private network namespace (lo and, once it exists,
+	// the bridge), advertises the node IP, and its lease reconciler
+	// keeps default/kubernetes's endpoint there, so the kubernetes
+	// Service works for pods once socklb serves it. Where nothing serves
+	// ClusterIPs yet (socklb's own first start), the node IP is the real
+	// address (APIServer).
+	copts.APIServerIPs = append([]netip.Addr{n.IP}, copts.APIServerIPs...)
+	copts.APIServerArgs = append([]string{
+		"--kubelet-preferred-address-types=InternalIP",
+		"--bind-address=0.0.0.0",
+		"--advertise-address=" + n.IP.String(),
+		"--endpoint-reconciler-type=lease",
+	}, copts.APIServerArgs...)
 	copts.ControllerManagerArgs = append([]string{"--controllers=" + strings.Join(nodeControllers, ",")}, copts.ControllerManagerArgs...)
 	n.Cluster = cluster.StartWith(t, copts)
 	n.Timings.ControlPlane = time.Since(cpStart)
@@ -239,11 +258,6 @@ func Start(t testing.TB, opts Options) *Node {
 		t.Fatalf("node bridge: %v", err)
 	}
 	pause := n.Binaries.Pause
-	if pause == "" {
-		if pause, err = buildPause(t.Context(), n.Dir); err != nil {
-			t.Fatal(err)
-		}
-	}
 	pauseArchive := filepath.Join(n.Dir, "pause-image.tar")
 	img, err := BuildImage(pauseImageSpec(pause))
 	if err != nil {
@@ -259,7 +273,7 @@ func Start(t testing.TB, opts Options) *Node {
 	}
 	containerd := n.startComponent(t, "containerd", n.Binaries.Containerd, "--config", n.cfg.containerdConfig())
 	if err := n.waitFor("containerd's socket", startTimeout, func(ctx context.Context) error {
-		out, err := n.Output(ctx, n.Binaries.Ctr(), "--address", containerdSocket, "version")
+		out, err := n.Output(ctx, n.Binaries.Ctr, "--address", containerdSocket, "version")
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, out)
 		}
