@@ -495,8 +495,9 @@ func TestFinding5SIGHUPIsLoggedNotFatal(t *testing.T) {
 
 // TestDeployMetricsAddrBothFamilies expands each DaemonSet's
 // SOCKLB_METRICS_ADDR as the kubelet does, with an IPv4 and an IPv6 node
-// address for $(HOST_IP): the agent accepts both and listens on exactly
-// that address (the unbracketed "$(HOST_IP):9810" broke on IPv6 nodes).
+// address for $(HOST_IP): the agent accepts both, and the address
+// resolves to exactly that IP and port 9810, as net.Listen resolves it
+// (the unbracketed "$(HOST_IP):9810" broke on IPv6 nodes).
 func TestDeployMetricsAddrBothFamilies(t *testing.T) {
 	for _, file := range []string{"../../deploy/daemonset.yaml", "../../deploy/capabilities/daemonset.yaml"} {
 		raw, err := os.ReadFile(file)

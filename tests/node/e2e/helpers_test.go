@@ -29,6 +29,7 @@ import (
 // nodeEnv is the node the scenarios share and what was deployed on it.
 type nodeEnv struct {
 	n    *harness.Node
+	fp   *harness.Footprint
 	repo string // the repository's root
 	// agentImages are the agent image's two tags in the node's
 	// containerd: socklb-agent:latest (what deploy/ names) and the
@@ -132,7 +133,7 @@ func (e *nodeEnv) renderOverlay(t testing.TB, variant string) string {
 	dir := filepath.Join(e.repo, "tests", "node", "deploy", variant)
 	out := e.mustKubectl(t, "kustomize", "--load-restrictor=LoadRestrictionsNone", dir)
 	return fill(t, out, map[string]string{
-		"CGROUP2_HOST_PATH": "/sys/fs/cgroup/unified" + e.n.CgroupRoot,
+		"CGROUP2_HOST_PATH": e.n.Cgroup2Dir,
 		"API_SERVER_HOST":   e.n.APIServer.Addr().String(),
 		"API_SERVER_PORT":   strconv.Itoa(int(e.n.APIServer.Port())),
 	})
@@ -286,8 +287,9 @@ type connectResult struct {
 	Backends map[string]int `json:"backends"`
 	Peers    map[string]int `json:"peers"`
 	Errors   map[string]int `json:"errors"`
-	Took     string         `json:"took"`
-	Timeline []struct {
+	Took      string         `json:"took"`
+	StoppedBy string         `json:"stoppedBy"`
+	Timeline  []struct {
 		At     int64  `json:"at"`
 		Result string `json:"result"`
 	} `json:"timeline"`
@@ -316,21 +318,60 @@ func (e *nodeEnv) startLoop(t testing.TB, ns, pod, addr string, interval, max ti
 		l.err = e.probe(ctx, ns, pod, &l.res, "connect", "--addr", addr, "--duration", max.String(),
 			"--interval", interval.String(), "--timeout", "1s", "--stop-file", l.stopFile, "--timeline")
 	}()
-	t.Cleanup(func() { cancel(); <-l.done })
-	// The loop runs once it has made its first connects.
-	time.Sleep(time.Second)
+	t.Cleanup(func() {
+		// A loop the test did not stop (it failed first) ends now, not
+		// at --duration: kubectl exec's end does not stop it.
+		select {
+		case <-l.done:
+		default:
+			ctx, cancelTouch := context.WithTimeout(context.Background(), 30*time.Second)
+			e.probe(ctx, ns, pod, nil, "touch", l.stopFile)
+			cancelTouch()
+		}
+		cancel()
+		<-l.done
+	})
+	// Time for kubectl exec to start the loop; stop checks that the
+	// loop's first connect came before the operation it measures.
+	time.Sleep(2 * time.Second)
 	return l
 }
 
-// stop ends the loop and returns what it saw.
-func (l *clientLoop) stop(t testing.TB) connectResult {
+// stop ends the loop and returns what it saw. It fails the test unless
+// the loop ran through the whole operation, from before from to after
+// to, and was ended by stop (not by its --duration).
+func (l *clientLoop) stop(t testing.TB, from, to time.Time) connectResult {
 	t.Helper()
 	l.e.mustProbe(t, l.ns, l.pod, nil, "touch", l.stopFile)
 	<-l.done
 	if l.err != nil {
 		t.Fatalf("client loop: %v", l.err)
 	}
-	return l.res
+	r := l.res
+	if r.StoppedBy != "stop-file" || len(r.Timeline) != r.Connects || r.Connects == 0 {
+		t.Fatalf("client loop ended by %q with %d connects, %d in its timeline: it did not run until stopped", r.StoppedBy, r.Connects, len(r.Timeline))
+	}
+	first, last := time.UnixMilli(r.Timeline[0].At), time.UnixMilli(r.Timeline[len(r.Timeline)-1].At)
+	if first.After(from) || last.Before(to) {
+		t.Fatalf("client loop ran %s – %s, not over the whole operation %s – %s", first.Format(time.TimeOnly+".000"),
+			last.Format(time.TimeOnly+".000"), from.Format(time.TimeOnly+".000"), to.Format(time.TimeOnly+".000"))
+	}
+	return r
+}
+
+// between counts the connects that began in [from, to] and those of
+// them that failed.
+func (r connectResult) between(from, to time.Time) (n, failed int) {
+	for _, ev := range r.Timeline {
+		at := time.UnixMilli(ev.At)
+		if !at.Before(from) && !at.After(to) {
+			n++
+			if strings.HasPrefix(ev.Result, "error: ") {
+				failed++
+			}
+		}
+	}
+	return n, failed
 }
 
 // scrape reads the agent's metrics at the node IP, port 9810, from inside
@@ -340,7 +381,8 @@ func (e *nodeEnv) scrape(ctx context.Context) (string, error) {
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return e.n.NS.Dial(ctx, network, addr)
 		},
-		Proxy: nil,
+		Proxy:             nil,
+		DisableKeepAlives: true, // one scrape, one connection, closed
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(e.n.IP.String(), "9810")+"/metrics", nil)
 	if err != nil {
@@ -356,7 +398,7 @@ func (e *nodeEnv) scrape(ctx context.Context) (string, error) {
 		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET /metrics: %s", resp.Status)
+		return "", fmt.Errorf("get /metrics: %s", resp.Status)
 	}
 	return string(b), nil
 }

@@ -33,7 +33,7 @@ func TestPrivilegedNode(t *testing.T) {
 		probeBin := buildProbe(t, repo)
 		n := harness.Start(t, harness.Options{ClusterDNS: []string{clusterDNS}, Images: []string{archive}})
 		fp = n.Footprint()
-		e := &nodeEnv{n: n, repo: repo}
+		e := &nodeEnv{n: n, fp: fp, repo: repo}
 		e.agentImages(t)
 		n.ImportBinaryImage(t, harness.ImageSpec{Binary: probeBin, Path: "/nodeprobe"}, probeImage)
 		n.ImportBinaryImage(t, harness.ImageSpec{Binary: n.Binaries.CoreDNS, Path: "/coredns"}, corednsImage)
@@ -50,14 +50,15 @@ func TestPrivilegedNode(t *testing.T) {
 			{"4_rollout_restart", (*nodeEnv).rolloutRestart},
 			{"5_agent_upgrade_and_delete", (*nodeEnv).agentUpgrade},
 			{"6_nodeport_and_metrics", (*nodeEnv).nodePortMetrics},
-			{"1_daemonset_ready_capabilities", (*nodeEnv).switchToCapabilities},
+			{"privileged_to_capabilities_in_place", (*nodeEnv).switchToCapabilities},
+			{"removed_and_cleaned_up", (*nodeEnv).removeAgent},
+			{"1_daemonset_ready_capabilities_fresh", func(e *nodeEnv, t *testing.T) { e.deployAgent(t, "capabilities") }},
 			{"2_balanced_capabilities", (*nodeEnv).balanced},
 		} {
 			if !t.Run(s.name, func(t *testing.T) { s.run(e, t) }) {
 				t.Fatalf("scenario %s failed; the later ones depend on it", s.name)
 			}
 		}
-		e.recordBPF(t, fp)
 	})
 	if fp == nil {
 		t.Fatal("the node did not come up")
@@ -111,19 +112,26 @@ func (e *nodeEnv) withoutSocklb(t *testing.T) {
 	for _, ns := range []string{demoNS, otherNS} {
 		e.waitPodReady(t, ns, "client")
 	}
-	if progs := bpftoolCgroup(t, "/sys/fs/cgroup/unified"+e.n.CgroupRoot); len(progs) != 0 {
-		t.Fatalf("programs attached to the node's cgroup root before socklb is deployed: %+v", progs)
+	e.noClusterIP(t, "before socklb")
+}
+
+// noClusterIP checks that nothing is attached to the node's cgroup root
+// and that a connect from demo/client to the kubernetes Service's
+// ClusterIP fails.
+func (e *nodeEnv) noClusterIP(t *testing.T, when string) {
+	if progs := bpftoolCgroup(t, e.n.Cgroup2Dir); len(progs) != 0 {
+		t.Fatalf("%s: programs attached to the node's cgroup root: %+v", when, progs)
 	}
-	kube, err := c.CoreV1().Services("default").Get(t.Context(), "kubernetes", metav1.GetOptions{})
+	kube, err := e.n.Client.CoreV1().Services("default").Get(t.Context(), "kubernetes", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("%s:%d", kube.Spec.ClusterIP, kube.Spec.Ports[0].Port)
 	var r connectResult
 	e.mustProbe(t, demoNS, "client", &r, "connect", "--addr", addr, "--count", "3", "--timeout", "1s")
-	t.Logf("control: before socklb, 3 connects from demo/client to default/kubernetes %s: %d failed %v", addr, r.Failed, r.Errors)
+	t.Logf("control: %s, 3 connects from demo/client to default/kubernetes %s: %d failed %v", when, addr, r.Failed, r.Errors)
 	if r.Failed != 3 {
-		t.Errorf("%d of 3 connects to %s succeeded without socklb: the test would not see socklb's work", 3-r.Failed, addr)
+		t.Errorf("%s: %d of 3 connects to %s succeeded: the test would not see socklb's work", when, 3-r.Failed, addr)
 	}
 }
 
@@ -136,14 +144,29 @@ func (e *nodeEnv) deployAgent(t *testing.T, variant string) {
 	e.apply(t, "socklb-"+variant, e.renderOverlay(t, variant))
 	pod, _ := e.waitDaemonSet(t, 3*time.Minute)
 	t.Logf("scenario 1 (%s): DaemonSet Ready %v after kubectl apply (pod %s)", variant, time.Since(applied).Round(time.Millisecond), pod.Name)
+	sc := pod.Spec.Containers[0].SecurityContext
+	privileged := sc != nil && sc.Privileged != nil && *sc.Privileged
+	if variant == "capabilities" && (privileged || sc == nil || sc.Capabilities == nil || len(sc.Capabilities.Add) != 3) ||
+		variant == "privileged" && !privileged {
+		t.Errorf("agent pod %s: security context %+v, want the %s DaemonSet's", pod.Name, sc, variant)
+	}
 	e.checkAttachment(t)
+	e.recordBPF(t)
 	e.steadyLogs(t, pod.Name)
 }
 
 // steadyLogs waits out a few seconds of steady state and checks the
-// agent's log.
+// agent's log, and that its container never restarted (kubectl logs
+// shows only the current container's log).
 func (e *nodeEnv) steadyLogs(t *testing.T, pod string) {
 	time.Sleep(5 * time.Second)
+	p, err := e.n.Client.CoreV1().Pods(agentNamespace).Get(t.Context(), pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].RestartCount != 0 || !podReady(p) {
+		t.Errorf("agent %s: containers %+v; want one, Ready, never restarted", pod, p.Status.ContainerStatuses)
+	}
 	all, problems := e.agentLogs(t, pod)
 	for _, p := range problems {
 		t.Errorf("agent %s logged: %s", pod, p)
@@ -178,28 +201,41 @@ func bpftoolCgroup(t testing.TB, dir string) []struct {
 // checkAttachment checks that socklb's programs are attached to the
 // node's cgroup root in the cgroup2 hierarchy and not to the machine's.
 func (e *nodeEnv) checkAttachment(t *testing.T) {
-	dir := "/sys/fs/cgroup/unified" + e.n.CgroupRoot
+	dir := e.n.Cgroup2Dir
 	progs := bpftoolCgroup(t, dir)
 	var kinds []string
+	ours := map[uint32]bool{}
 	for _, p := range progs {
 		kinds = append(kinds, p.AttachType)
+		ours[p.ID] = true
 	}
-	if !slices.Contains(kinds, "cgroup_inet4_connect") {
-		t.Errorf("no connect4 program attached to %s: %v", dir, kinds)
+	slices.Sort(kinds)
+	if want := socklbHooks(); !slices.Equal(kinds, want) {
+		t.Errorf("attached to %s: %v; want exactly socklb's %v", dir, kinds, want)
 	}
 	t.Logf("attached to %s: %v", dir, kinds)
-	for _, p := range bpftoolCgroup(t, "/sys/fs/cgroup/unified") {
-		if strings.HasPrefix(p.Name, "sock") || strings.Contains(p.Name, "socklb") {
-			t.Errorf("a program that looks like socklb's is attached to the machine's cgroup2 root: %+v", p)
+	for _, p := range bpftoolCgroup(t, e.n.Cgroup2Mount) {
+		if ours[p.ID] {
+			t.Errorf("socklb's program %+v is attached to the machine's cgroup2 root %s too", p, e.n.Cgroup2Mount)
 		}
 	}
 }
 
+// socklbHooks are the attach types of socklb's programs, sorted.
+func socklbHooks() []string {
+	h := []string{"cgroup_inet4_connect", "cgroup_inet6_connect", "cgroup_udp4_sendmsg", "cgroup_udp6_sendmsg",
+		"cgroup_udp4_recvmsg", "cgroup_udp6_recvmsg", "cgroup_inet4_getpeername", "cgroup_inet6_getpeername"}
+	slices.Sort(h)
+	return h
+}
+
 // recordBPF adds the programs attached to the node's cgroup root, and
-// their maps, to the footprint checked after teardown.
-func (e *nodeEnv) recordBPF(t *testing.T, fp *harness.Footprint) {
+// their maps, to the footprint checked after teardown (at once, so that
+// the check covers them also when a later scenario fails); it returns
+// the programs' IDs.
+func (e *nodeEnv) recordBPF(t *testing.T) []uint32 {
 	var progs, maps []uint32
-	for _, p := range bpftoolCgroup(t, "/sys/fs/cgroup/unified"+e.n.CgroupRoot) {
+	for _, p := range bpftoolCgroup(t, e.n.Cgroup2Dir) {
 		progs = append(progs, p.ID)
 		out, err := exec.Command("bpftool", "-j", "prog", "show", "id", fmt.Sprint(p.ID)).Output()
 		if err != nil {
@@ -215,7 +251,8 @@ func (e *nodeEnv) recordBPF(t *testing.T, fp *harness.Footprint) {
 		maps = append(maps, info.MapIDs...)
 	}
 	slices.Sort(maps)
-	fp.AddBPF(progs, slices.Compact(maps))
+	e.fp.AddBPF(progs, slices.Compact(maps))
+	return progs
 }
 
 // deployWorkloads deploys CoreDNS (kube-dns), the web Deployment and
@@ -259,6 +296,7 @@ func (e *nodeEnv) balanced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.waitServed(t, pods)
 	for _, c := range []struct {
 		ns    string
 		names []string
@@ -284,7 +322,7 @@ func (e *nodeEnv) balanced(t *testing.T) {
 		if !maps.Equal(r.Peers, map[string]int{fmt.Sprintf("%s:%d", vip, webPort): 300}) {
 			t.Errorf("from %s: getpeername %v, want the ClusterIP %s:%d for all 300", c.ns, r.Peers, vip, webPort)
 		}
-		if len(r.Backends) != len(pods) {
+		if len(pods) != 3 || len(r.Backends) != len(pods) {
 			t.Errorf("from %s: answered by %v, want the %d pods %v", c.ns, r.Backends, len(pods), slices.Sorted(maps.Keys(pods)))
 		}
 		for name, n := range r.Backends {
@@ -296,6 +334,46 @@ func (e *nodeEnv) balanced(t *testing.T) {
 			}
 		}
 	}
+}
+
+// waitServed waits until web's EndpointSlices list exactly the ready pods
+// (the Deployment counts a pod ready before the EndpointSlice controller
+// has written it, and the controller retries on a stale cache), then until
+// connects from demo/client reach every one of them, so that the
+// measured connects start from what the API server says.
+func (e *nodeEnv) waitServed(t *testing.T, pods map[string]bool) {
+	start := time.Now()
+	waitFor(t, "web's EndpointSlices to list the ready pods", time.Minute, func(ctx context.Context) error {
+		list, err := e.n.Client.DiscoveryV1().EndpointSlices(demoNS).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=web"})
+		if err != nil {
+			return err
+		}
+		ready := map[string]bool{}
+		for _, sl := range list.Items {
+			for _, ep := range sl.Endpoints {
+				if ep.TargetRef != nil && ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+					ready[ep.TargetRef.Name] = true
+				}
+			}
+		}
+		if !maps.Equal(ready, pods) {
+			return fmt.Errorf("ready endpoints %v, ready pods %v", slices.Sorted(maps.Keys(ready)), slices.Sorted(maps.Keys(pods)))
+		}
+		return nil
+	})
+	sliced := time.Since(start)
+	waitFor(t, "connects to reach every web pod", time.Minute, func(ctx context.Context) error {
+		var r connectResult
+		if err := e.probe(ctx, demoNS, "client", &r, "connect", "--addr", "web:80", "--count", "30"); err != nil {
+			return err
+		}
+		if len(r.Backends) != len(pods) {
+			return fmt.Errorf("30 connects reached %v", r.Backends)
+		}
+		return nil
+	})
+	t.Logf("web's EndpointSlice listed the %d ready pods %v after the check began, connects reached all %v after it",
+		len(pods), sliced.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
 
 // dnsResult is nodeprobe dns's output.
@@ -368,7 +446,7 @@ func (e *nodeEnv) rolloutRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := e.watchTerminating(t)
-	loop := e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 2*time.Minute)
+	loop := e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 5*time.Minute)
 	start := time.Now()
 	e.mustKubectl(t, "-n", demoNS, "rollout", "restart", "deployment/web")
 	e.mustKubectl(t, "-n", demoNS, "rollout", "status", "deployment/web", "--timeout=2m")
@@ -387,7 +465,7 @@ func (e *nodeEnv) rolloutRestart(t *testing.T) {
 	})
 	rolled := time.Since(start)
 	time.Sleep(2 * time.Second)
-	r := loop.stop(t)
+	r := loop.stop(t, start, start.Add(rolled))
 	w.stop()
 	<-w.done
 	after, err := e.webPods(t.Context())
@@ -408,7 +486,7 @@ func (e *nodeEnv) rolloutRestart(t *testing.T) {
 		t.Fatalf("the measurement is incomplete: %d of %d connects in the timeline, %d of the %d old pods seen terminating",
 			len(r.Timeline), r.Connects, len(w.since), len(before))
 	}
-	t.Logf("scenario 4: rollout restart took %v; the client loop made %d connects in %s: %d failed %v; answers %v; %d connects went to a pod after it began terminating %v (served while it drained)",
+	t.Logf("scenario 4: rollout restart took %v; the client loop made %d connects in %s: %d failed %v; answers %v; %d connects went to a pod after it began terminating %v (served while it drained); a connect to a pod already gone gets no answer and is among the failed, by error",
 		rolled.Round(time.Millisecond), r.Connects, r.Took, r.Failed, r.Errors, r.Backends, sum(late), late)
 	if r.Failed != 0 {
 		t.Errorf("%d of %d connects failed during the rollout: %v", r.Failed, r.Connects, r.Errors)
@@ -437,7 +515,7 @@ func sum(m map[string]int) int {
 // agent runs.
 func (e *nodeEnv) agentUpgrade(t *testing.T) {
 	old, _ := e.waitDaemonSet(t, time.Minute)
-	loop := e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 3*time.Minute)
+	loop := e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 5*time.Minute)
 	start := time.Now()
 	e.mustKubectl(t, "-n", agentNamespace, "set", "image", "daemonset/"+agentDaemonSet, "agent="+e.agentSecond)
 	e.mustKubectl(t, "-n", agentNamespace, "rollout", "status", "daemonset/"+agentDaemonSet, "--timeout=2m")
@@ -446,18 +524,24 @@ func (e *nodeEnv) agentUpgrade(t *testing.T) {
 	if upgraded.Name == old.Name || upgraded.Spec.Containers[0].Image != e.agentSecond {
 		t.Errorf("after set image: pod %s runs %s; want a new pod running %s", upgraded.Name, upgraded.Spec.Containers[0].Image, e.agentSecond)
 	}
-	r1 := loop.stop(t)
+	r1 := loop.stop(t, start, start.Add(upgradeTook))
 	t.Logf("scenario 5: set image %s → Ready in %v (pod %s → %s); the client loop made %d connects: %d failed %v",
 		e.agentSecond, upgradeTook.Round(time.Millisecond), old.Name, upgraded.Name, r1.Connects, r1.Failed, r1.Errors)
 
-	loop = e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 3*time.Minute)
+	loop = e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 5*time.Minute)
 	start = time.Now()
 	e.mustKubectl(t, "-n", agentNamespace, "delete", "pod", upgraded.Name, "--wait=true", "--timeout=2m")
 	replaced, _ := e.waitDaemonSet(t, 2*time.Minute)
 	deleteTook := time.Since(start)
-	r2 := loop.stop(t)
-	t.Logf("scenario 5: delete pod %s → %s Ready in %v; the client loop made %d connects: %d failed %v",
-		upgraded.Name, replaced.Name, deleteTook.Round(time.Millisecond), r2.Connects, r2.Failed, r2.Errors)
+	r2 := loop.stop(t, start, start.Add(deleteTook))
+	// From the delete to the new agent's readiness: the old agent exits
+	// and, until the new one runs, only the kernel's programs serve.
+	gap, gapFailed := r2.between(start, start.Add(deleteTook))
+	t.Logf("scenario 5: delete pod %s → %s Ready in %v; the client loop made %d connects: %d failed %v; %d of them (%d failed) between the delete and the new agent's readiness",
+		upgraded.Name, replaced.Name, deleteTook.Round(time.Millisecond), r2.Connects, r2.Failed, r2.Errors, gap, gapFailed)
+	if gap < 10 {
+		t.Errorf("only %d connects between the agent's delete and its replacement's readiness: the loop did not cover the gap", gap)
+	}
 	for _, r := range []connectResult{r1, r2} {
 		if r.Failed != 0 {
 			t.Errorf("%d of %d connects failed while the agent was replaced: %v", r.Failed, r.Connects, r.Errors)
@@ -514,16 +598,38 @@ func (e *nodeEnv) nodePortMetrics(t *testing.T) {
 // privileged one under a client loop (no failed connect), then checks
 // scenario 1 for it.
 func (e *nodeEnv) switchToCapabilities(t *testing.T) {
-	loop := e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 3*time.Minute)
+	loop := e.startLoop(t, demoNS, "client", "web:80", 20*time.Millisecond, 5*time.Minute)
+	start := time.Now()
 	e.deployAgent(t, "capabilities")
-	r := loop.stop(t)
+	r := loop.stop(t, start, time.Now())
 	t.Logf("privileged → capabilities-only DaemonSet: the client loop made %d connects: %d failed %v", r.Connects, r.Failed, r.Errors)
 	if r.Failed != 0 {
 		t.Errorf("%d of %d connects failed while the DaemonSet changed: %v", r.Failed, r.Connects, r.Errors)
 	}
-	pod, _ := e.waitDaemonSet(t, time.Minute)
-	sc := pod.Spec.Containers[0].SecurityContext
-	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.Capabilities == nil || len(sc.Capabilities.Add) != 3 {
-		t.Errorf("agent pod %s: security context %+v, want the capabilities-only one", pod.Name, sc)
+}
+
+// removeAgent takes socklb off the node as the README says: delete the
+// DaemonSet, then `socklb-agent cleanup` on the node. Afterwards nothing
+// is attached and no pin is left, so the next deploy starts from
+// nothing: its agent creates the maps, loads and attaches the programs
+// with its own privileges.
+func (e *nodeEnv) removeAgent(t *testing.T) {
+	e.mustKubectl(t, "-n", agentNamespace, "delete", "daemonset", agentDaemonSet, "--wait=true", "--timeout=2m")
+	waitFor(t, "the agent pods gone", 2*time.Minute, func(ctx context.Context) error {
+		pods, err := e.n.Client.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) > 0 {
+			return fmt.Errorf("%d agent pods left", len(pods.Items))
+		}
+		return nil
+	})
+	agent := filepath.Join(e.repo, "bin", "socklb-agent")
+	out := e.n.Run(t, agent, "cleanup", "--bpffs-path=/sys/fs/bpf/socklb", "--cgroup-path="+e.n.Cgroup2Dir)
+	t.Logf("socklb-agent cleanup on the node:\n%s", strings.TrimSpace(out))
+	if left := strings.TrimSpace(e.n.Run(t, "sh", "-c", "ls -A /sys/fs/bpf/socklb 2>/dev/null || true")); left != "" {
+		t.Errorf("pins left after cleanup: %s", left)
 	}
+	e.noClusterIP(t, "after the DaemonSet's delete and cleanup")
 }

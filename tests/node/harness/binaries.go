@@ -75,6 +75,10 @@ func (b Binaries) resolve(log io.Writer) (Binaries, error) {
 		if err != nil {
 			return b, fmt.Errorf("node binaries: %w", err)
 		}
+		if built.Pause.Version != PauseVersion {
+			return b, fmt.Errorf("node binaries: the pause binary is release %s, the sandbox image is tagged %s: update PauseVersion",
+				built.Pause.Version, PauseImage)
+		}
 		for _, f := range fields {
 			if *f.field == "" {
 				*f.field = f.cache(built)

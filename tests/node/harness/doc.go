@@ -37,10 +37,12 @@
 // process, and the control plane and the network namespace are removed by
 // package cluster. [Footprint.Leftovers] checks that nothing is left.
 //
-// Images are never pulled: the pause image is compiled from the
-// kubernetes module's build/pause/linux/pause.c (gcc -static) and imported
-// with ctr; [BuildImage] and [Node.ImportImage] do the same for other
-// static binaries. Which programs run is [Binaries]'s business.
+// Images are never pulled: the sandbox image is made from the pause
+// binary (Kubernetes' build/pause/linux/pause.c, compiled static and
+// cached by package nodebuild) and imported with ctr;
+// [Node.ImportBinaryImage] does the same for other static binaries
+// ([BuildImage]), [Node.ImportImage] for an archive. Which programs run is
+// [Binaries]'s business.
 //
 // The node's smoke test needs root and is behind the nodee2e build tag:
 //

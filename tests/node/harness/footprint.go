@@ -92,6 +92,9 @@ func (f *Footprint) AddPIDs(pids ...int) {
 func (f *Footprint) AddBPF(progs, maps []uint32) {
 	f.BPFPrograms = append(f.BPFPrograms, progs...)
 	f.BPFMaps = append(f.BPFMaps, maps...)
+	slices.Sort(f.BPFPrograms)
+	slices.Sort(f.BPFMaps)
+	f.BPFPrograms, f.BPFMaps = slices.Compact(f.BPFPrograms), slices.Compact(f.BPFMaps)
 }
 
 // BootTicks is now in clock ticks since boot, the unit of Footprint.Before.

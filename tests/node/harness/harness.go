@@ -112,6 +112,11 @@ type Node struct {
 	CgroupRoot string
 	// CgroupDirs are CgroupRoot's directories, one per hierarchy.
 	CgroupDirs []string
+	// Cgroup2Mount is the host's cgroup2 mount (/sys/fs/cgroup/unified on
+	// a hybrid host, /sys/fs/cgroup on a cgroup2-only one) and
+	// Cgroup2Dir is CgroupRoot in it: the directory socklb attaches to,
+	// where every pod of the node is below.
+	Cgroup2Mount, Cgroup2Dir string
 	// Dir holds the node's configuration files and logs on the host.
 	Dir string
 	// ContainerdSocket is containerd's socket inside the node's mount
@@ -240,6 +245,14 @@ func Start(t testing.TB, opts Options) *Node {
 			}
 		}
 	})
+	for _, h := range hs {
+		if h.v2 {
+			n.Cgroup2Mount, n.Cgroup2Dir = h.mount, filepath.Join(h.mount, n.CgroupRoot)
+		}
+	}
+	if n.Cgroup2Mount == "" {
+		t.Fatal("this host mounts no cgroup2 hierarchy: socklb attaches its programs to a cgroup2 directory")
+	}
 	if n.CgroupDirs, err = createCgroupRoot(hs, n.Name); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@
 //
 // Each set has its own directory, stamp and lock, so changing one rebuilds
 // only that one. With an empty Go build cache the node's own sets take
-// about five minutes on two cores, after the control plane's ten: pre-build
+// about eight minutes on two cores, after the control plane's eleven: pre-build
 // with `go run ./tests/node/cmd/node-bin` (`make node-bin`).
 package nodebuild
 

@@ -20,7 +20,10 @@ import (
 type dnsResult struct {
 	Mode    string   `json:"mode"`
 	Server  string   `json:"server"`
-	From    string   `json:"from"` // the answer's source address
+	// From is the answer's source address for udp-sendto (recvfrom's)
+	// and the socket's peer (getpeername) for udp-connected and tcp,
+	// whose sockets take data from their peer only.
+	From    string   `json:"from"`
 	Name    string   `json:"name"`
 	Answers []string `json:"answers"`
 	RCode   string   `json:"rcode"`
@@ -140,7 +143,14 @@ func udpConnected(ns netip.AddrPort, q []byte) ([]byte, string, error) {
 }
 
 func udpSendto(ns netip.AddrPort, q []byte) ([]byte, string, error) {
-	c, err := net.ListenUDP("udp", nil)
+	// A socket of the nameserver's family, as musl opens for an IPv4
+	// nameserver (AF_INET): a dual-stack socket would take the IPv6
+	// hooks with a v4-mapped address instead.
+	network := "udp4"
+	if !ns.Addr().Is4() {
+		network = "udp6"
+	}
+	c, err := net.ListenUDP(network, nil)
 	if err != nil {
 		return nil, "", err
 	}
@@ -158,7 +168,6 @@ func udpSendto(ns netip.AddrPort, q []byte) ([]byte, string, error) {
 		}
 		// musl's rule: a datagram from any other address is not the
 		// answer; drop it and wait on.
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 		if from == ns {
 			return buf[:n], from.String(), nil
 		}

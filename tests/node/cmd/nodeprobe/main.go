@@ -3,10 +3,10 @@
 // that connect to Services and query cluster DNS from inside pods, where
 // socklb balances them. Every client prints one JSON object on stdout.
 //
-//	nodeprobe serve [--port 8080]            TCP: write the pod's name, close
-//	nodeprobe idle                           sleep until SIGTERM (client pods)
+//	nodeprobe serve [--port 8080] [--linger 0]  TCP: write the pod's name, close
+//	nodeprobe idle                              sleep until SIGTERM (client pods)
 //	nodeprobe connect --addr web:80 [--count 300 | --duration 20s] [--interval 0]
-//	          [--stop-file PATH] [--timeline]
+//	          [--timeout 2s] [--stop-file PATH] [--timeline]
 //	nodeprobe touch PATH                     create PATH (ends a connect loop)
 //	nodeprobe resolve NAME...                Go's resolver (connected UDP)
 //	nodeprobe dns --mode udp-connected|udp-sendto|tcp --name NAME [--server IP]
@@ -32,7 +32,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nodeprobe serve|idle|connect|resolve|dns [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nodeprobe serve|idle|connect|touch|resolve|dns [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -106,6 +106,9 @@ type connectResult struct {
 	Peers    map[string]int `json:"peers"`    // getpeername → connects
 	Errors   map[string]int `json:"errors"`   // error text → count
 	Took     string         `json:"took"`
+	// StoppedBy says what ended the loop: "count", "duration" or
+	// "stop-file".
+	StoppedBy string `json:"stoppedBy"`
 	// Timeline, with --timeline: every connect's start (Unix ms) and
 	// the pod that answered, or "error: ...".
 	Timeline []event `json:"timeline,omitempty"`
@@ -137,11 +140,17 @@ func connect(args []string) error {
 	r := connectResult{Backends: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
 	start := time.Now()
 	for i := 0; ; i++ {
-		if *count > 0 && i >= *count || *duration > 0 && time.Since(start) >= *duration {
+		if *count > 0 && i >= *count {
+			r.StoppedBy = "count"
+			break
+		}
+		if *duration > 0 && time.Since(start) >= *duration {
+			r.StoppedBy = "duration"
 			break
 		}
 		if *stopFile != "" {
 			if _, err := os.Stat(*stopFile); err == nil {
+				r.StoppedBy = "stop-file"
 				break
 			}
 		}
