@@ -282,11 +282,11 @@ func (e *nodeEnv) mustProbe(t testing.TB, ns, pod string, v any, args ...string)
 
 // connectResult is nodeprobe connect's output.
 type connectResult struct {
-	Connects int            `json:"connects"`
-	Failed   int            `json:"failed"`
-	Backends map[string]int `json:"backends"`
-	Peers    map[string]int `json:"peers"`
-	Errors   map[string]int `json:"errors"`
+	Connects  int            `json:"connects"`
+	Failed    int            `json:"failed"`
+	Backends  map[string]int `json:"backends"`
+	Peers     map[string]int `json:"peers"`
+	Errors    map[string]int `json:"errors"`
 	Took      string         `json:"took"`
 	StoppedBy string         `json:"stoppedBy"`
 	Timeline  []struct {

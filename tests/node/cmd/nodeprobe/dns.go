@@ -18,8 +18,8 @@ import (
 
 // dnsResult is what dns prints.
 type dnsResult struct {
-	Mode    string   `json:"mode"`
-	Server  string   `json:"server"`
+	Mode   string `json:"mode"`
+	Server string `json:"server"`
 	// From is the answer's source address for udp-sendto (recvfrom's)
 	// and the socket's peer (getpeername) for udp-connected and tcp,
 	// whose sockets take data from their peer only.
