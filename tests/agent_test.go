@@ -261,7 +261,7 @@ func TestPrivilegedAgentKillAndRestartUnderLoad(t *testing.T) {
 	e := newAgentEnv(t, servicesYAML(1, 2, 3))
 	e.pods(t, 3, 8080)
 	first := e.startAgent(t)
-	first.WaitLog(t, "maps synced", awaitBound)
+	first.WaitServing(t, awaitBound)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var (
@@ -303,7 +303,7 @@ func TestPrivilegedAgentKillAndRestartUnderLoad(t *testing.T) {
 	first.Kill(syscall.SIGKILL)
 	stage("with no agent")
 	second := e.startAgent(t)
-	second.WaitLog(t, "maps synced", awaitBound)
+	second.WaitServing(t, awaitBound)
 	stage("after the restarted agent synced")
 	cancel()
 	wg.Wait()

@@ -158,7 +158,7 @@ func TestPrivilegedAgentCapabilities(t *testing.T) {
 		a := testagent.Start(t, withCaps(t, caps, agentBin, "run", "--services-file="+e.servicesFile,
 			"--min-sync-interval=10ms", "--health-addr=", "--log-level=debug",
 			"--bpffs-path="+bpffs, "--cgroup-path="+cgroup), e.ns)
-		a.WaitLog(t, "maps synced", 15*time.Second)
+		a.WaitServing(t, 15*time.Second)
 
 		sets, err := procCaps(a.Cmd.Process.Pid)
 		if err != nil {

@@ -17,7 +17,7 @@ func TestPrivilegedFinding9SIGTERMExitsZeroAndKeepsDatapath(t *testing.T) {
 	e := newAgentEnv(t, servicesYAML(1, 2, 3))
 	e.pods(t, 3, 8080)
 	a := e.startAgent(t)
-	a.WaitLog(t, "maps synced", 15*time.Second)
+	a.WaitServing(t, 15*time.Second)
 
 	pods := map[string]bool{"pod-1": true, "pod-2": true, "pod-3": true}
 	connect := func(when string) {

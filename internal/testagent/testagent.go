@@ -183,6 +183,20 @@ func (a *Agent) ExitCode() int {
 	}
 }
 
+// WaitServing waits up to timeout until the agent's programs serve what
+// its first sync wrote: "maps synced", and, when the agent made new maps
+// (its programs attach only after that sync), also the attach that
+// follows it. Waiting for "maps synced" alone races the attach on new
+// maps: a connect in between is not balanced at all.
+func (a *Agent) WaitServing(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	a.WaitLog(t, "maps synced", timeout)
+	if strings.Contains(a.Logs(), "the programs attach after the first sync") {
+		a.WaitLog(t, "programs attached after the first sync filled the maps", time.Until(deadline))
+	}
+}
+
 // WaitLog waits up to timeout for the agent to print substr.
 func (a *Agent) WaitLog(t testing.TB, substr string, timeout time.Duration) {
 	t.Helper()

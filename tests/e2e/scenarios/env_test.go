@@ -81,13 +81,13 @@ func (n *node) cmd(args ...string) *exec.Cmd {
 }
 
 // startAgent runs this node's agent against the API server, inside the
-// cluster's namespace, and waits for its first sync.
+// cluster's namespace, and waits until its programs serve its first sync.
 func (e *env) startAgent(t *testing.T, n *node, extra ...string) *testagent.Agent {
 	t.Helper()
 	args := append([]string{"run", "--source=kubernetes", "--kubeconfig=" + e.agentKubeconfig,
 		"--node-name=" + n.name, "--min-sync-interval=10ms", "--health-addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0"}, extra...)
 	n.agent = testagent.Start(t, n.cmd(args...), e.c.NS)
-	n.agent.WaitLog(t, "maps synced", waitLong)
+	n.agent.WaitServing(t, waitLong)
 	return n.agent
 }
 
