@@ -85,15 +85,61 @@ func Build(binaryPath string, opts Options) (v1.Image, error) {
 	if opts.Version == "" {
 		return nil, ErrNoVersion
 	}
-	bin, err := os.ReadFile(binaryPath)
+	return BuildFile(File{
+		Binary:    binaryPath,
+		Path:      BinaryPath,
+		CreatedBy: "socklb tools/mkimage: " + BinaryPath,
+		Comment:   "the static socklb agent",
+		Created:   opts.Created,
+		Config: v1.Config{
+			Entrypoint: []string{BinaryPath},
+			Cmd:        []string{"run"},
+			// Root, not an unprivileged user with capabilities: Kubernetes
+			// puts the capabilities it adds for a non-root user only into the
+			// bounding and permitted sets, not the effective one (the pod API
+			// has no ambient capabilities), so a non-root agent could not load
+			// BPF programs, attach them to the cgroup, enter other network
+			// namespaces or mount bpffs. The DaemonSet runs it privileged; a
+			// narrower securityContext has to keep UID 0 and add capabilities.
+			User:   "0:0",
+			Labels: labels(opts),
+		},
+	})
+}
+
+// File describes a one-file image: a static binary and its configuration.
+type File struct {
+	// Binary is the static executable on this machine.
+	Binary string
+	// Path is where it lives in the image, an absolute file path.
+	Path string
+	// CreatedBy and Comment are the layer's history entry.
+	CreatedBy, Comment string
+	// Created is the image's creation time and every file's modification
+	// time (see Options.Created); the zero value means the Unix epoch.
+	Created time.Time
+	// Config is the image's run configuration. Its Env always starts with
+	// a default PATH, and its WorkingDir is "/".
+	Config v1.Config
+}
+
+// BuildFile returns the image of f: one layer with the directories
+// leading to f.Path and the binary there (mode 0755, owned by root), for
+// linux and the binary's architecture. The binary must be a static ELF
+// executable. The same binary and File give the same digest.
+func BuildFile(f File) (v1.Image, error) {
+	if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
+		return nil, fmt.Errorf("image path %q: not an absolute file path", f.Path)
+	}
+	bin, err := os.ReadFile(f.Binary)
 	if err != nil {
-		return nil, fmt.Errorf("read agent binary: %w", err)
+		return nil, fmt.Errorf("read binary: %w", err)
 	}
 	arch, err := staticArch(bin)
 	if err != nil {
-		return nil, fmt.Errorf("agent binary %s: %w", binaryPath, err)
+		return nil, fmt.Errorf("binary %s: %w", f.Binary, err)
 	}
-	created := opts.Created.UTC()
+	created := f.Created.UTC()
 	if created.Before(time.Unix(0, 0)) {
 		created = time.Unix(0, 0).UTC()
 	}
@@ -101,7 +147,7 @@ func Build(binaryPath string, opts Options) (v1.Image, error) {
 	// layer then agree on the same instant.
 	created = created.Truncate(time.Second)
 
-	layerTar, err := binaryLayer(bin, created)
+	layerTar, err := binaryLayer(strings.TrimPrefix(f.Path, "/"), bin, created)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +159,7 @@ func Build(binaryPath string, opts Options) (v1.Image, error) {
 		tarball.WithCompressedCaching,
 	)
 	if err != nil {
-		return nil, fmt.Errorf("agent layer: %w", err)
+		return nil, fmt.Errorf("layer of %s: %w", f.Path, err)
 	}
 
 	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
@@ -121,12 +167,12 @@ func Build(binaryPath string, opts Options) (v1.Image, error) {
 		Layer: layer,
 		History: v1.History{
 			Created:   v1.Time{Time: created},
-			CreatedBy: "socklb tools/mkimage: " + BinaryPath,
-			Comment:   "the static socklb agent",
+			CreatedBy: f.CreatedBy,
+			Comment:   f.Comment,
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("append agent layer: %w", err)
+		return nil, fmt.Errorf("append layer of %s: %w", f.Path, err)
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
@@ -136,21 +182,9 @@ func Build(binaryPath string, opts Options) (v1.Image, error) {
 	cfg.Created = v1.Time{Time: created}
 	cfg.OS = "linux"
 	cfg.Architecture = arch
-	cfg.Config = v1.Config{
-		Entrypoint: []string{BinaryPath},
-		Cmd:        []string{"run"},
-		// Root, not an unprivileged user with capabilities: Kubernetes
-		// puts the capabilities it adds for a non-root user only into the
-		// bounding and permitted sets, not the effective one (the pod API
-		// has no ambient capabilities), so a non-root agent could not load
-		// BPF programs, attach them to the cgroup, enter other network
-		// namespaces or mount bpffs. The DaemonSet runs it privileged; a
-		// narrower securityContext has to keep UID 0 and add capabilities.
-		User:       "0:0",
-		Env:        []string{defaultPath},
-		WorkingDir: "/",
-		Labels:     labels(opts),
-	}
+	cfg.Config = f.Config
+	cfg.Config.Env = append([]string{defaultPath}, f.Config.Env...)
+	cfg.Config.WorkingDir = "/"
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("set image config: %w", err)
@@ -198,10 +232,10 @@ func staticArch(bin []byte) (string, error) {
 	}
 }
 
-// binaryLayer is the uncompressed layer: the directories leading to
-// BinaryPath and the binary, all owned by root, with fixed times and no
-// user or group names, so that only the binary's bytes decide the digest.
-func binaryLayer(bin []byte, mtime time.Time) ([]byte, error) {
+// binaryLayer is the uncompressed layer: the directories leading to rel
+// and the binary there, all owned by root, with fixed times and no user
+// or group names, so that only the binary's bytes decide the digest.
+func binaryLayer(rel string, bin []byte, mtime time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	hdr := func(name string, typ byte, mode, size int64) *tar.Header {
@@ -213,7 +247,6 @@ func binaryLayer(bin []byte, mtime time.Time) ([]byte, error) {
 			ModTime:  mtime,
 		}
 	}
-	rel := strings.TrimPrefix(BinaryPath, "/")
 	var dirs []string
 	for d := path.Dir(rel); d != "."; d = path.Dir(d) {
 		dirs = append([]string{d + "/"}, dirs...)
