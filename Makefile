@@ -10,7 +10,7 @@ IMAGE := bin/socklb-agent-image.tar
 # tree gives the same image digest.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin node-bin e2e node-e2e bench
+.PHONY: help generate verify-generated build image test test-deps unit-test race fuzz lint demo clean deps deps-clang e2e-bin node-bin conformance-bin e2e node-e2e conformance bench
 
 help: ## this menu
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,7 +23,10 @@ help: ## this menu
 # demo (bpftool) run.
 CLANG_PKGS := clang-19 llvm-19 libbpf-dev linux-libc-dev
 NODE_PKGS := runc containernetworking-plugins gcc libc6-dev
-DEPS_PKGS := $(CLANG_PKGS) bpftool iproute2 util-linux iptables nftables conntrack $(NODE_PKGS)
+# CONFORMANCE_PKGS make the conformance run's agnhost image a Debian root
+# filesystem (its specs run sh, nc, curl and nslookup inside it).
+CONFORMANCE_PKGS := mmdebstrap
+DEPS_PKGS := $(CLANG_PKGS) bpftool iproute2 util-linux iptables nftables conntrack $(NODE_PKGS) $(CONFORMANCE_PKGS)
 
 # apt-install: install those of the Debian packages $(1) that are not
 # installed yet, with one `apt-get update` first; nothing when none is missing.
@@ -126,6 +129,12 @@ e2e: build e2e-bin ## end-to-end tests against a real API server in a private ne
 node-e2e: image node-bin ## deploy/ on a real node (kubelet, containerd, CoreDNS, no kube-proxy) in private namespaces: the README's "Try it on a real node" (root)
 	set -o pipefail; $(GO) test -tags nodee2e -count=1 -p 1 -timeout 30m -v ./tests/node/... 2>&1 | \
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|\.go:[0-9]+:'
+
+conformance-bin: deps ## build once (cached in ~/.cache/socklb-e2e) e2e.test and agnhost of v1.37.2, and agnhost's Debian root filesystem
+	$(GO) run ./tests/conformance/cmd/conformance-bin
+
+conformance: image node-bin conformance-bin ## Kubernetes' own Services conformance specs (upstream e2e.test) on the real node, no kube-proxy: the README's "Conformance" (root)
+	$(GO) test -tags nodee2e,conformance -count=1 -p 1 -timeout 60m -v -run '^TestConformance$$' ./tests/node/e2e/
 
 .PHONY: deps-vm vm-test
 deps-vm: ## install qemu and busybox-static for vm-test if missing

@@ -8,6 +8,10 @@
 // host paths the agent works on (bpffs, the cgroup2 root) come from the
 // DaemonSet's volumes. The image is reproducible: the same binary and the
 // same [Options] give the same bytes and therefore the same digest.
+//
+// [BuildFile] makes the same kind of image of any static binary, the test
+// node's images among them, optionally above a root filesystem archive
+// (the conformance run's agnhost needs a shell and its tools).
 package ociimage
 
 import (
@@ -121,11 +125,16 @@ type File struct {
 	// Config is the image's run configuration. Its Env always starts with
 	// a default PATH, and its WorkingDir is "/".
 	Config v1.Config
+	// Base, when set, is an uncompressed tar archive of a root filesystem
+	// (a Debian one for a test image whose commands need a shell): the
+	// image's first layer, below the binary's. BaseCreatedBy is its
+	// history entry.
+	Base, BaseCreatedBy string
 }
 
 // BuildFile returns the image of f: one layer with the directories
-// leading to f.Path and the binary there (mode 0755, owned by root), for
-// linux and the binary's architecture. The binary must be a static ELF
+// leading to f.Path and the binary there (mode 0755, owned by root), above
+// f.Base if there is one, for linux and the binary's architecture. The binary must be a static ELF
 // executable. The same binary and File give the same digest.
 func BuildFile(f File) (v1.Image, error) {
 	if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
@@ -163,14 +172,28 @@ func BuildFile(f File) (v1.Image, error) {
 	}
 
 	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
-	img, err := mutate.Append(base, mutate.Addendum{
+	var adds []mutate.Addendum
+	if f.Base != "" {
+		if err := checkTar(f.Base); err != nil {
+			return nil, fmt.Errorf("base layer %s: %w", f.Base, err)
+		}
+		rootfs, err := tarball.LayerFromFile(f.Base, tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
+		if err != nil {
+			return nil, fmt.Errorf("base layer %s: %w", f.Base, err)
+		}
+		adds = append(adds, mutate.Addendum{
+			Layer:   rootfs,
+			History: v1.History{Created: v1.Time{Time: created}, CreatedBy: f.BaseCreatedBy},
+		})
+	}
+	img, err := mutate.Append(base, append(adds, mutate.Addendum{
 		Layer: layer,
 		History: v1.History{
 			Created:   v1.Time{Time: created},
 			CreatedBy: f.CreatedBy,
 			Comment:   f.Comment,
 		},
-	})
+	})...)
 	if err != nil {
 		return nil, fmt.Errorf("append layer of %s: %w", f.Path, err)
 	}
@@ -190,6 +213,20 @@ func BuildFile(f File) (v1.Image, error) {
 		return nil, fmt.Errorf("set image config: %w", err)
 	}
 	return img, nil
+}
+
+// checkTar reads the first header of the tar archive at path, so that a
+// base that is not one fails here and not when the lazy layer is read.
+func checkTar(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := tar.NewReader(f).Next(); err != nil {
+		return fmt.Errorf("not a tar archive: %w", err)
+	}
+	return nil
 }
 
 func labels(opts Options) map[string]string {

@@ -517,3 +517,80 @@ func TestRealAgentImage(t *testing.T) {
 	}
 	t.Logf("image %s of the real agent: %d-byte binary", digest, len(bin))
 }
+
+// TestBuildFileWithBase: a base root filesystem becomes the first layer,
+// the binary's the second, and the flattened image holds both; a base
+// that is not a tar archive is an error that names it.
+func TestBuildFileWithBase(t *testing.T) {
+	var rootfs bytes.Buffer
+	tw := tar.NewWriter(&rootfs)
+	for _, h := range []*tar.Header{
+		{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "usr/bin/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "usr/bin/sh", Typeflag: tar.TypeReg, Mode: 0o755, Size: 2},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte("sh"))
+		}
+	}
+	tw.Close()
+	base := writeFile(t, rootfs.Bytes())
+	bin := writeFile(t, fakeELF(t, elf.EM_X86_64, false, "tool"))
+	img, err := ociimage.BuildFile(ociimage.File{Binary: bin, Path: "/tool", Base: base, BaseCreatedBy: "rootfs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "image.tar")
+	if err := ociimage.WriteFile(archive, img, []string{"localhost/tool:1"}); err != nil {
+		t.Fatal(err)
+	}
+	// Read back as docker load would: every blob matches its digest.
+	if img, err = tarball.ImageFromPath(archive, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Fatalf("invalid image: %v", err)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 2 {
+		t.Fatalf("layers: %d, %v; want 2", len(layers), err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.History) != 2 || cfg.History[0].CreatedBy != "rootfs" {
+		t.Errorf("history %+v, want the base first", cfg.History)
+	}
+	var files []string
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.Typeflag == tar.TypeReg {
+				files = append(files, h.Name)
+			}
+		}
+		rc.Close()
+	}
+	if !slices.Equal(files, []string{"usr/bin/sh", "tool"}) {
+		t.Errorf("files %v, want usr/bin/sh in the base and tool above it", files)
+	}
+
+	if _, err := ociimage.BuildFile(ociimage.File{Binary: bin, Path: "/tool", Base: bin}); err == nil {
+		t.Error("a base that is an ELF binary, not a tar archive: no error")
+	}
+}

@@ -34,6 +34,9 @@ type Set struct {
 	Name string
 	// Files are the executables the set holds; a missing one means rebuild.
 	Files []string
+	// Data are the other regular files it holds (a root filesystem
+	// archive), likewise.
+	Data []string
 	// Stamp identifies the inputs (sources, flags, compiler); a different
 	// stamp means rebuild.
 	Stamp string
@@ -99,7 +102,7 @@ func Ensure(ctx context.Context, set Set, log io.Writer) (*Result, error) {
 	if log == nil {
 		log = io.Discard
 	}
-	if set.Name == "" || strings.ContainsRune(set.Name, filepath.Separator) || set.Stamp == "" || len(set.Files) == 0 {
+	if set.Name == "" || strings.ContainsRune(set.Name, filepath.Separator) || set.Stamp == "" || len(set.Files)+len(set.Data) == 0 {
 		return nil, fmt.Errorf("buildcache: set %q needs a plain name, a stamp and files", set.Name)
 	}
 	cache, err := CacheDir()
@@ -158,6 +161,11 @@ func Ensure(ctx context.Context, set Set, log io.Writer) (*Result, error) {
 			return nil, fmt.Errorf("build %s: it wrote no executable %s", what, f)
 		}
 	}
+	for _, f := range set.Data {
+		if !regular(filepath.Join(tmp, f)) {
+			return nil, fmt.Errorf("build %s: it wrote no file %s", what, f)
+		}
+	}
 	if err := os.WriteFile(filepath.Join(tmp, "stamp"), []byte(set.Stamp+"\n"), 0o644); err != nil {
 		return nil, err
 	}
@@ -186,7 +194,17 @@ func upToDate(dir string, set Set) bool {
 			return false
 		}
 	}
+	for _, f := range set.Data {
+		if !regular(filepath.Join(dir, f)) {
+			return false
+		}
+	}
 	return true
+}
+
+func regular(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 func executable(path string) bool {

@@ -161,3 +161,34 @@ func TestEnsureWaitsForTheLockWithinItsContext(t *testing.T) {
 		t.Fatalf("Ensure while another holds the lock: %v after %d builds, want context.Canceled", err, builds)
 	}
 }
+
+// TestEnsureDataFiles: a set's Data files need not be executable, but a
+// missing one fails the build and, later, means rebuild.
+func TestEnsureDataFiles(t *testing.T) {
+	t.Setenv("SOCKLB_E2E_CACHE", t.TempDir())
+	ctx := context.Background()
+	builds := 0
+	set := Set{Name: "data-v1", Data: []string{"rootfs.tar"}, Stamp: "s1",
+		Build: func(_ context.Context, dir string, _ io.Writer) error {
+			builds++
+			return os.WriteFile(filepath.Join(dir, "rootfs.tar"), []byte("tar"), 0o644)
+		}}
+	res, err := Ensure(ctx, set, nil)
+	if err != nil || !res.Built {
+		t.Fatalf("first Ensure: %+v, %v", res, err)
+	}
+	if res, err = Ensure(ctx, set, nil); err != nil || res.Built || builds != 1 {
+		t.Fatalf("second Ensure rebuilt or failed: %+v, %v (%d builds)", res, err, builds)
+	}
+	if err := os.Remove(res.Path("rootfs.tar")); err != nil {
+		t.Fatal(err)
+	}
+	if res, err = Ensure(ctx, set, nil); err != nil || !res.Built || builds != 2 {
+		t.Fatalf("a missing data file did not rebuild: %+v, %v", res, err)
+	}
+	set.Build = func(context.Context, string, io.Writer) error { return nil }
+	set.Stamp = "s2"
+	if _, err := Ensure(ctx, set, nil); err == nil || !strings.Contains(err.Error(), "no file rootfs.tar") {
+		t.Errorf("a build that wrote no data file: %v", err)
+	}
+}
