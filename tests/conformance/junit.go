@@ -23,7 +23,9 @@ type Result struct {
 }
 
 // Spec reports whether r is a spec (an It), not a suite node.
-func (r Result) Spec() bool { return !strings.HasPrefix(r.Name, "[") || strings.HasPrefix(r.Name, "[sig-") }
+func (r Result) Spec() bool {
+	return !strings.HasPrefix(r.Name, "[") || strings.HasPrefix(r.Name, "[sig-")
+}
 
 // Ran reports whether the spec ran (it was not skipped or pending).
 func (r Result) Ran() bool { return r.Status != "skipped" && r.Status != "pending" }
