@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/socklb/socklb/tests/buildcache"
 	"github.com/socklb/socklb/tests/conformance"
 	"github.com/socklb/socklb/tests/e2e/cluster"
@@ -143,6 +145,21 @@ func (e *nodeEnv) runConformance(t *testing.T, bins *conformance.Binaries, repoL
 		"--dump-logs-on-failure=false",
 	)...)
 	cmd.Env = append(cmd.Env, "KUBE_TEST_REPO_LIST="+repoList, "HOME="+work)
+	// e2e.test is a process of the node as kubelet's are: the specs
+	// connect from it to NodePorts, as from any host process, and on a
+	// node socklb attaches where every such process is below. So it
+	// starts in a cgroup below the node's root (the harness removes the
+	// whole tree at teardown).
+	cg := filepath.Join(e.n.Cgroup2Dir, "e2e-test")
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cgFD, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(cgFD)
+	cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgFD
 	var tail bytes.Buffer
 	cmd.Stdout = io.MultiWriter(log, tailBuffer{buf: &tail, max: 256 << 10})
 	cmd.Stderr = cmd.Stdout
