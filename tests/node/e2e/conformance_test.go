@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/socklb/socklb/tests/buildcache"
 	"github.com/socklb/socklb/tests/conformance"
 	"github.com/socklb/socklb/tests/e2e/cluster"
@@ -30,6 +28,12 @@ var conformanceControllers = []string{
 	"endpointslice-mirroring-controller", "pod-garbage-collector-controller",
 }
 
+// controlEnv, set to 1, makes TestConformance the control run: the same
+// node and specs, but socklb is taken off the node before e2e.test starts.
+// It passes only if some listed spec fails, which shows that the specs'
+// results depend on socklb.
+const controlEnv = "SOCKLB_CONFORMANCE_CONTROL"
+
 // conformanceTimeout bounds the e2e.test run.
 const conformanceTimeout = 40 * time.Minute
 
@@ -41,6 +45,10 @@ const conformanceTimeout = 40 * time.Minute
 // suite node may fail. The JUnit report is kept in the build cache
 // (conformance/junit-<time>.xml).
 func TestConformance(t *testing.T) {
+	control := os.Getenv(controlEnv) == "1"
+	if control {
+		t.Logf("%s=1: the control run, socklb taken off the node before the specs run", controlEnv)
+	}
 	repo := repoRoot(t)
 	archive := agentArchive(t, repo)
 	ctx := t.Context()
@@ -85,7 +93,19 @@ func TestConformance(t *testing.T) {
 		manifest := readRepoFile(t, repo, "tests/node/deploy/coredns.yaml")
 		e.apply(t, "coredns", fill(t, manifest, map[string]string{"COREDNS_IMAGE": corednsImage, "CLUSTER_DNS": clusterDNS}))
 		e.waitDeployment(t, "kube-system", "coredns")
-		e.runConformance(t, bins, repoList, work, listed)
+		if !control {
+			e.runConformance(t, bins, repoList, work, listed)
+			return
+		}
+		// The control: socklb taken off the node as the README says,
+		// after CoreDNS came up through it (its pods stay Ready, so the
+		// suite's check of kube-system passes). Nothing translates a
+		// ClusterIP or a NodePort now; specs that need one must fail.
+		e.takeOffSocklb(t)
+		if progs := bpftoolCgroup(t, e.n.Cgroup2Dir); len(progs) != 0 {
+			t.Fatalf("control: programs still attached to the node's cgroup root: %+v", progs)
+		}
+		e.runControl(t, bins, repoList, work, listed)
 	})
 	if fp == nil {
 		t.Fatal("the node did not come up")
@@ -122,10 +142,39 @@ func dryRun(t *testing.T, bins *conformance.Binaries, repoList, work string) []s
 	return conformance.Listed(readReport(t, filepath.Join(dir, "junit.xml")))
 }
 
-// runConformance runs the specs inside the node (the API server's address
-// is the node's), prints ginkgo's summary and each spec's result, keeps
-// the report, and fails on any problem conformance.Check finds.
+// runConformance runs the specs and fails on any problem
+// conformance.Check finds.
 func (e *nodeEnv) runConformance(t *testing.T, bins *conformance.Binaries, repoList, work string, listed []string) {
+	results, tail, runErr := e.runE2E(t, bins, repoList, work, listed)
+	for _, p := range conformance.Check(listed, results) {
+		t.Errorf("conformance: %s", p)
+	}
+	if runErr != nil && !t.Failed() {
+		t.Errorf("e2e.test failed (%v) though every spec passed:\n%s", runErr, lastLines(tail, 40))
+	}
+}
+
+// runControl runs the specs without socklb and fails if none of them
+// failed: then passing them would say nothing about socklb.
+func (e *nodeEnv) runControl(t *testing.T, bins *conformance.Binaries, repoList, work string, listed []string) {
+	results, _, _ := e.runE2E(t, bins, repoList, work, listed)
+	failed := 0
+	for _, r := range results {
+		if r.Spec() && r.Ran() && r.Status != "passed" {
+			failed++
+		}
+	}
+	t.Logf("control: without socklb, %d of %d listed specs did not pass", failed, len(listed))
+	if failed == 0 {
+		t.Errorf("control: every spec passed without socklb on the node: the run does not test socklb")
+	}
+}
+
+// runE2E runs the specs inside the node (the API server's address is the
+// node's), prints ginkgo's summary and each spec's result, keeps the
+// report, and returns the results, the tail of e2e.test's output and its
+// exit error.
+func (e *nodeEnv) runE2E(t *testing.T, bins *conformance.Binaries, repoList, work string, listed []string) ([]conformance.Result, []byte, error) {
 	dir := filepath.Join(work, "run")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -145,21 +194,6 @@ func (e *nodeEnv) runConformance(t *testing.T, bins *conformance.Binaries, repoL
 		"--dump-logs-on-failure=false",
 	)...)
 	cmd.Env = append(cmd.Env, "KUBE_TEST_REPO_LIST="+repoList, "HOME="+work)
-	// e2e.test is a process of the node as kubelet's are: the specs
-	// connect from it to NodePorts, as from any host process, and on a
-	// node socklb attaches where every such process is below. So it
-	// starts in a cgroup below the node's root (the harness removes the
-	// whole tree at teardown).
-	cg := filepath.Join(e.n.Cgroup2Dir, "e2e-test")
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cgFD, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(cgFD)
-	cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgFD
 	var tail bytes.Buffer
 	cmd.Stdout = io.MultiWriter(log, tailBuffer{buf: &tail, max: 256 << 10})
 	cmd.Stderr = cmd.Stdout
@@ -180,12 +214,7 @@ func (e *nodeEnv) runConformance(t *testing.T, bins *conformance.Binaries, repoL
 		}
 	}
 	t.Logf("conformance: %d of %d listed specs passed", passed, len(listed))
-	for _, p := range conformance.Check(listed, results) {
-		t.Errorf("conformance: %s", p)
-	}
-	if runErr != nil && !t.Failed() {
-		t.Errorf("e2e.test failed (%v) though every spec passed:\n%s", runErr, lastLines(tail.Bytes(), 40))
-	}
+	return results, tail.Bytes(), runErr
 }
 
 // readReport reads a JUnit report e2e.test wrote.

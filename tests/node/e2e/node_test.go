@@ -614,6 +614,13 @@ func (e *nodeEnv) switchToCapabilities(t *testing.T) {
 // nothing: its agent creates the maps, loads and attaches the programs
 // with its own privileges.
 func (e *nodeEnv) removeAgent(t *testing.T) {
+	e.takeOffSocklb(t)
+	e.noClusterIP(t, "after the DaemonSet's delete and cleanup")
+}
+
+// takeOffSocklb deletes the DaemonSet, waits for its pods to go, and runs
+// `socklb-agent cleanup` on the node; no pin may be left.
+func (e *nodeEnv) takeOffSocklb(t *testing.T) {
 	e.mustKubectl(t, "-n", agentNamespace, "delete", "daemonset", agentDaemonSet, "--wait=true", "--timeout=2m")
 	waitFor(t, "the agent pods gone", 2*time.Minute, func(ctx context.Context) error {
 		pods, err := e.n.Client.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector})
@@ -631,5 +638,4 @@ func (e *nodeEnv) removeAgent(t *testing.T) {
 	if left := strings.TrimSpace(e.n.Run(t, "sh", "-c", "ls -A /sys/fs/bpf/socklb 2>/dev/null || true")); left != "" {
 		t.Errorf("pins left after cleanup: %s", left)
 	}
-	e.noClusterIP(t, "after the DaemonSet's delete and cleanup")
 }
