@@ -66,10 +66,17 @@ image: build ## write bin/socklb-agent-image.tar, the agent's container image (n
 	$(GO) run ./tools/mkimage --binary $(BIN) --out $(IMAGE) --version $(VERSION) \
 		--revision "$$(git rev-parse HEAD 2>/dev/null)" --created $(SOURCE_DATE_EPOCH)
 
-lint: ## gofmt, go vet, staticcheck
+lint: ## gofmt, go vet, staticcheck (also of the node suites' build tags)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags nodee2e,conformance ./tests/node/...
 	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags nodee2e,conformance ./tests/node/...
+
+# NOVET turns off go test's own vet pass in the targets make test runs after
+# make lint (which runs the full go vet): that pass analyzes every
+# dependency again (printf facts), minutes of a cold CI.
+NOVET := -vet=off
 
 unit-test: ## tests that need no privileges
 	$(GO) test -count=1 -skip 'TestPrivileged' ./...
@@ -101,7 +108,7 @@ FUZZTIME ?=
 FUZZMINIMIZE ?= 100x
 
 race: ## the unprivileged packages under the race detector
-	$(GO) test -count=1 -race -skip 'TestPrivileged' ./cmd/... ./pkg/...
+	$(GO) test $(NOVET) -count=1 -race -skip 'TestPrivileged' ./cmd/... ./pkg/...
 
 fuzz: ## each fuzz target for its budget of executions (FUZZTIME to override)
 	@n=$$(grep -rhE '^func Fuzz[A-Za-z0-9_]*\(' --include='*_test.go' cmd pkg internal tests | wc -l); \
@@ -110,11 +117,11 @@ fuzz: ## each fuzz target for its budget of executions (FUZZTIME to override)
 		pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; budget=$${rest##*:}x; \
 		if [ -n "$(FUZZTIME)" ]; then budget=$(FUZZTIME); fi; \
 		echo "fuzz $$pkg $$name for $$budget"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime "$$budget" -fuzzminimizetime $(FUZZMINIMIZE) "$$pkg"; \
+		$(GO) test $(NOVET) -run '^$$' -fuzz "^$$name\$$" -fuzztime "$$budget" -fuzzminimizetime $(FUZZMINIMIZE) "$$pkg"; \
 	done
 
 test: deps lint verify-generated build e2e-bin test-deps race fuzz ## every test: deps, lint, race, fuzz, unit, privileged and end to end (run as root)
-	$(GO) test -count=1 -p 1 -timeout 30m ./...
+	$(GO) test $(NOVET) -count=1 -p 1 -timeout 30m ./...
 
 e2e-bin: ## build once (cached in ~/.cache/socklb-e2e) kube-apiserver, kube-controller-manager, etcd v1.37.2
 	$(GO) run ./tests/e2e/cmd/e2e-bin
@@ -127,14 +134,14 @@ e2e: build e2e-bin ## end-to-end tests against a real API server in a private ne
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go:[0-9]+:'
 
 node-e2e: image node-bin ## deploy/ on a real node (kubelet, containerd, CoreDNS, no kube-proxy) in private namespaces: the README's "Try it on a real node" (root)
-	set -o pipefail; $(GO) test -tags nodee2e -count=1 -p 1 -timeout 30m -v ./tests/node/... 2>&1 | \
+	set -o pipefail; $(GO) test $(NOVET) -tags nodee2e -count=1 -p 1 -timeout 30m -v ./tests/node/... 2>&1 | \
 		grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|\.go:[0-9]+:'
 
 conformance-bin: deps ## build once (cached in ~/.cache/socklb-e2e) e2e.test and agnhost of v1.37.2, and agnhost's Debian root filesystem
 	$(GO) run ./tests/conformance/cmd/conformance-bin
 
 conformance: image node-bin conformance-bin ## Kubernetes' own Services conformance specs (upstream e2e.test) on the real node, no kube-proxy: the README's "Conformance" (root)
-	$(GO) test -tags nodee2e,conformance -count=1 -p 1 -timeout 60m -v -run '^TestConformance$$' ./tests/node/e2e/
+	$(GO) test $(NOVET) -tags nodee2e,conformance -count=1 -p 1 -timeout 60m -v -run '^TestConformance$$' ./tests/node/e2e/
 
 .PHONY: deps-vm vm-test
 deps-vm: ## install qemu and busybox-static for vm-test if missing

@@ -56,9 +56,12 @@ func EnsureBinaries(ctx context.Context, log io.Writer) (*Binaries, error) {
 		Files:    []string{"e2e.test", "agnhost"},
 		Stamp:    stamp,
 		Describe: "Kubernetes " + kubebuild.KubernetesVersion + " e2e.test and agnhost " + version,
-		Cold:     "about 7 minutes",
+		Cold:     "about 4 minutes",
 		Build: func(ctx context.Context, dir string, log io.Writer) error {
-			cmd := buildcache.Command(ctx, "go", "test", "-c", "-trimpath", "-ldflags", kubebuild.LDFlags(),
+			// -vet=off: go test's vet pass would analyze every package
+			// e2e.test depends on (printf facts), about 3.5 minutes of
+			// a cold build, for upstream code that is not ours to vet.
+			cmd := buildcache.Command(ctx, "go", "test", "-c", "-vet=off", "-trimpath", "-ldflags", kubebuild.LDFlags(),
 				"-o", filepath.Join(dir, "e2e.test"), e2ePackage)
 			cmd.Dir = modDir
 			cmd.Env = buildcache.GoEnv()
