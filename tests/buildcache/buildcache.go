@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -267,6 +268,25 @@ func Packages(pkgs ...Package) string {
 		fmt.Fprintf(&b, " %s=%s", p.Name, p.Path)
 	}
 	return b.String()
+}
+
+// ModuleSource downloads, if need be, the module that modDir requires
+// at path and returns its directory in the module cache and its version.
+func ModuleSource(ctx context.Context, modDir, path string) (dir, version string, err error) {
+	cmd := Command(ctx, "go", "mod", "download", "-json", path)
+	cmd.Dir = modDir
+	cmd.Env = GoEnv()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var info struct{ Dir, Version, Error string }
+	if jerr := json.Unmarshal(out, &info); jerr != nil && err == nil {
+		err = jerr
+	}
+	if err != nil || info.Error != "" || info.Dir == "" {
+		return "", "", fmt.Errorf("go mod download %s in %s: %v %s %s", path, modDir, err, info.Error, stderr.Bytes())
+	}
+	return info.Dir, info.Version, nil
 }
 
 // GoEnv is the environment of every Go build and of the go commands that

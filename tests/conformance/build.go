@@ -1,9 +1,7 @@
 package conformance
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -87,20 +85,11 @@ func EnsureBinaries(ctx context.Context, log io.Writer) (*Binaries, error) {
 // agnhostVersion reads test/images/agnhost/VERSION of the k8s.io/kubernetes
 // the module requires (downloading it first if need be).
 func agnhostVersion(ctx context.Context, modDir string) (string, error) {
-	cmd := buildcache.Command(ctx, "go", "mod", "download", "-json", "k8s.io/kubernetes")
-	cmd.Dir = modDir
-	cmd.Env = buildcache.GoEnv()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	dir, _, err := buildcache.ModuleSource(ctx, modDir, "k8s.io/kubernetes")
 	if err != nil {
-		return "", fmt.Errorf("find k8s.io/kubernetes of %s: %w: %s", modDir, err, stderr.Bytes())
+		return "", err
 	}
-	var mod struct{ Dir, Error string }
-	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
-		return "", fmt.Errorf("go mod download k8s.io/kubernetes in %s: %v %s", modDir, err, mod.Error)
-	}
-	b, err := os.ReadFile(filepath.Join(mod.Dir, "test", "images", "agnhost", "VERSION"))
+	b, err := os.ReadFile(filepath.Join(dir, "test", "images", "agnhost", "VERSION"))
 	if err != nil {
 		return "", fmt.Errorf("agnhost's version: %w", err)
 	}

@@ -1,7 +1,6 @@
 package nodebuild
 
 import (
-	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/json"
@@ -98,23 +97,14 @@ func kubernetesSource(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", "k8s.io/kubernetes")
-	cmd.Dir = modDir
-	cmd.Env = buildcache.GoEnv()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	var info struct{ Dir, Version, Error string }
-	if jerr := json.Unmarshal(out, &info); jerr != nil && err == nil {
-		err = jerr
+	dir, version, err := buildcache.ModuleSource(ctx, modDir, "k8s.io/kubernetes")
+	if err != nil {
+		return "", err
 	}
-	if err != nil || info.Error != "" || info.Dir == "" {
-		return "", fmt.Errorf("go mod download k8s.io/kubernetes in %s: %v %s %s", modDir, err, info.Error, stderr.Bytes())
+	if version != kubebuild.KubernetesVersion {
+		return "", fmt.Errorf("kubebin requires k8s.io/kubernetes %s, kubebuild says %s", version, kubebuild.KubernetesVersion)
 	}
-	if info.Version != kubebuild.KubernetesVersion {
-		return "", fmt.Errorf("kubebin requires k8s.io/kubernetes %s, kubebuild says %s", info.Version, kubebuild.KubernetesVersion)
-	}
-	return info.Dir, nil
+	return dir, nil
 }
 
 // checkStatic fails unless path is an ELF executable without an
