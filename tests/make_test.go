@@ -18,7 +18,7 @@ func TestFinding8MakeTestInstallsItsDeps(t *testing.T) {
 	}
 	plan := string(out)
 	install := strings.Index(plan, "apt-get install")
-	goTest := strings.Index(plan, "go test -count=1 -p 1")
+	goTest := strings.Index(plan, "-count=1 -p 1 -timeout 30m ./...")
 	if install < 0 || goTest < 0 || install > goTest {
 		t.Fatalf("make test does not install its packages before the tests:\n%s", plan)
 	}
