@@ -54,7 +54,7 @@ func EnsureBinaries(ctx context.Context, log io.Writer) (*Binaries, error) {
 		Files:    []string{"e2e.test", "agnhost"},
 		Stamp:    stamp,
 		Describe: "Kubernetes " + kubebuild.KubernetesVersion + " e2e.test and agnhost " + version,
-		Cold:     "about 4 minutes",
+		Cold:     "about 2 minutes",
 		Build: func(ctx context.Context, dir string, log io.Writer) error {
 			// -vet=off: go test's vet pass would analyze every package
 			// e2e.test depends on (printf facts), about 3.5 minutes of
