@@ -35,10 +35,37 @@ type BpfBackend struct {
 	Pad   uint8
 }
 
+type BpfBackendStats struct {
+	_             structs.HostLayout
+	Open          int64
+	Established   uint64
+	Failed        uint64
+	Consecutive   uint32
+	Pad           uint32
+	LastFailureNs uint64
+}
+
 type BpfDeparture struct {
 	_         structs.HostLayout
 	RevNatId  uint32
 	BackendId uint32
+}
+
+type BpfEjection struct {
+	_         structs.HostLayout
+	AtNs      uint64
+	UntilNs   uint64
+	Ejections uint32
+	Pad       uint32
+}
+
+type BpfOutcomeEvent struct {
+	_           structs.HostLayout
+	Kind        uint32
+	RevNatId    uint32
+	BackendId   uint32
+	Consecutive uint32
+	TimeNs      uint64
 }
 
 type BpfSockState struct {
@@ -58,16 +85,33 @@ const (
 	BpfSocklbConstsSOCKLB_SLOT_HALF            BpfSocklbConsts = 32768
 	BpfSocklbConstsSOCKLB_MAX_BACKENDS_PER_SVC BpfSocklbConsts = 32767
 	BpfSocklbConstsSOCKLB_LOOKUP_ATTEMPTS      BpfSocklbConsts = 3
+	BpfSocklbConstsSOCKLB_AVOID_PROBES         BpfSocklbConsts = 4
 	BpfSocklbConstsSOCKLB_NAME_LEN             BpfSocklbConsts = 128
+)
+
+type BpfSocklbEventKind uint32
+
+const (
+	BpfSocklbEventKindSOCKLB_EV_FAILURES BpfSocklbEventKind = 1
+)
+
+type BpfSocklbSockFlags uint32
+
+const (
+	BpfSocklbSockFlagsSOCKLB_SOCK_F_CONNECTED   BpfSocklbSockFlags = 1
+	BpfSocklbSockFlagsSOCKLB_SOCK_F_COUNTED     BpfSocklbSockFlags = 2
+	BpfSocklbSockFlagsSOCKLB_SOCK_F_ESTABLISHED BpfSocklbSockFlags = 4
 )
 
 type BpfSocklbSvcFlags uint32
 
 const (
-	BpfSocklbSvcFlagsSOCKLB_SVC_F_AFFINITY BpfSocklbSvcFlags = 1
-	BpfSocklbSvcFlagsSOCKLB_SVC_F_LOCAL    BpfSocklbSvcFlags = 2
-	BpfSocklbSvcFlagsSOCKLB_SVC_F_NODEPORT BpfSocklbSvcFlags = 4
-	BpfSocklbSvcFlagsSOCKLB_SVC_F_EXTERNAL BpfSocklbSvcFlags = 8
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_AFFINITY  BpfSocklbSvcFlags = 1
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_LOCAL     BpfSocklbSvcFlags = 2
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_NODEPORT  BpfSocklbSvcFlags = 4
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_EXTERNAL  BpfSocklbSvcFlags = 8
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_LEASTCONN BpfSocklbSvcFlags = 16
+	BpfSocklbSvcFlagsSOCKLB_SVC_F_OUTLIER   BpfSocklbSvcFlags = 32
 )
 
 type BpfSvcCounters struct {
@@ -114,8 +158,12 @@ type BpfSvcValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	BpfMapSocklbAffV3       = "socklb_aff_v3"
+	BpfMapSocklbAvoidV3     = "socklb_avoid_v3"
 	BpfMapSocklbBeV3        = "socklb_be_v3"
+	BpfMapSocklbBestatV3    = "socklb_bestat_v3"
 	BpfMapSocklbCntV3       = "socklb_cnt_v3"
+	BpfMapSocklbEjectV3     = "socklb_eject_v3"
+	BpfMapSocklbEventsV3    = "socklb_events_v3"
 	BpfMapSocklbGoneV3      = "socklb_gone_v3"
 	BpfMapSocklbMembV3      = "socklb_memb_v3"
 	BpfMapSocklbNameV3      = "socklb_name_v3"
@@ -131,6 +179,9 @@ const (
 	BpfProgSock6Sendmsg     = "sock6_sendmsg"
 	BpfProgSockDestroyTcp   = "sock_destroy_tcp"
 	BpfProgSockDestroyUdp   = "sock_destroy_udp"
+	BpfProgSockOutcomes     = "sock_outcomes"
+	BpfVarAvoidWindowNs     = "avoid_window_ns"
+	BpfVarEjectAfter        = "eject_after"
 )
 
 // LoadBpf returns the embedded CollectionSpec for Bpf.
@@ -185,26 +236,33 @@ type BpfProgramSpecs struct {
 	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
 	SockDestroyTcp   *ebpf.ProgramSpec `ebpf:"sock_destroy_tcp"`
 	SockDestroyUdp   *ebpf.ProgramSpec `ebpf:"sock_destroy_udp"`
+	SockOutcomes     *ebpf.ProgramSpec `ebpf:"sock_outcomes"`
 }
 
 // BpfMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfMapSpecs struct {
-	SocklbAffV3  *ebpf.MapSpec `ebpf:"socklb_aff_v3"`
-	SocklbBeV3   *ebpf.MapSpec `ebpf:"socklb_be_v3"`
-	SocklbCntV3  *ebpf.MapSpec `ebpf:"socklb_cnt_v3"`
-	SocklbGoneV3 *ebpf.MapSpec `ebpf:"socklb_gone_v3"`
-	SocklbMembV3 *ebpf.MapSpec `ebpf:"socklb_memb_v3"`
-	SocklbNameV3 *ebpf.MapSpec `ebpf:"socklb_name_v3"`
-	SocklbSockV3 *ebpf.MapSpec `ebpf:"socklb_sock_v3"`
-	SocklbSvcV3  *ebpf.MapSpec `ebpf:"socklb_svc_v3"`
+	SocklbAffV3    *ebpf.MapSpec `ebpf:"socklb_aff_v3"`
+	SocklbAvoidV3  *ebpf.MapSpec `ebpf:"socklb_avoid_v3"`
+	SocklbBeV3     *ebpf.MapSpec `ebpf:"socklb_be_v3"`
+	SocklbBestatV3 *ebpf.MapSpec `ebpf:"socklb_bestat_v3"`
+	SocklbCntV3    *ebpf.MapSpec `ebpf:"socklb_cnt_v3"`
+	SocklbEjectV3  *ebpf.MapSpec `ebpf:"socklb_eject_v3"`
+	SocklbEventsV3 *ebpf.MapSpec `ebpf:"socklb_events_v3"`
+	SocklbGoneV3   *ebpf.MapSpec `ebpf:"socklb_gone_v3"`
+	SocklbMembV3   *ebpf.MapSpec `ebpf:"socklb_memb_v3"`
+	SocklbNameV3   *ebpf.MapSpec `ebpf:"socklb_name_v3"`
+	SocklbSockV3   *ebpf.MapSpec `ebpf:"socklb_sock_v3"`
+	SocklbSvcV3    *ebpf.MapSpec `ebpf:"socklb_svc_v3"`
 }
 
 // BpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BpfVariableSpecs struct {
+	AvoidWindowNs *ebpf.VariableSpec `ebpf:"avoid_window_ns"`
+	EjectAfter    *ebpf.VariableSpec `ebpf:"eject_after"`
 }
 
 // BpfObjects contains all objects after they have been loaded into the kernel.
@@ -227,21 +285,29 @@ func (o *BpfObjects) Close() error {
 //
 // It can be passed to LoadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfMaps struct {
-	SocklbAffV3  *ebpf.Map `ebpf:"socklb_aff_v3"`
-	SocklbBeV3   *ebpf.Map `ebpf:"socklb_be_v3"`
-	SocklbCntV3  *ebpf.Map `ebpf:"socklb_cnt_v3"`
-	SocklbGoneV3 *ebpf.Map `ebpf:"socklb_gone_v3"`
-	SocklbMembV3 *ebpf.Map `ebpf:"socklb_memb_v3"`
-	SocklbNameV3 *ebpf.Map `ebpf:"socklb_name_v3"`
-	SocklbSockV3 *ebpf.Map `ebpf:"socklb_sock_v3"`
-	SocklbSvcV3  *ebpf.Map `ebpf:"socklb_svc_v3"`
+	SocklbAffV3    *ebpf.Map `ebpf:"socklb_aff_v3"`
+	SocklbAvoidV3  *ebpf.Map `ebpf:"socklb_avoid_v3"`
+	SocklbBeV3     *ebpf.Map `ebpf:"socklb_be_v3"`
+	SocklbBestatV3 *ebpf.Map `ebpf:"socklb_bestat_v3"`
+	SocklbCntV3    *ebpf.Map `ebpf:"socklb_cnt_v3"`
+	SocklbEjectV3  *ebpf.Map `ebpf:"socklb_eject_v3"`
+	SocklbEventsV3 *ebpf.Map `ebpf:"socklb_events_v3"`
+	SocklbGoneV3   *ebpf.Map `ebpf:"socklb_gone_v3"`
+	SocklbMembV3   *ebpf.Map `ebpf:"socklb_memb_v3"`
+	SocklbNameV3   *ebpf.Map `ebpf:"socklb_name_v3"`
+	SocklbSockV3   *ebpf.Map `ebpf:"socklb_sock_v3"`
+	SocklbSvcV3    *ebpf.Map `ebpf:"socklb_svc_v3"`
 }
 
 func (m *BpfMaps) Close() error {
 	return _BpfClose(
 		m.SocklbAffV3,
+		m.SocklbAvoidV3,
 		m.SocklbBeV3,
+		m.SocklbBestatV3,
 		m.SocklbCntV3,
+		m.SocklbEjectV3,
+		m.SocklbEventsV3,
 		m.SocklbGoneV3,
 		m.SocklbMembV3,
 		m.SocklbNameV3,
@@ -254,6 +320,8 @@ func (m *BpfMaps) Close() error {
 //
 // It can be passed to LoadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BpfVariables struct {
+	AvoidWindowNs *ebpf.Variable `ebpf:"avoid_window_ns"`
+	EjectAfter    *ebpf.Variable `ebpf:"eject_after"`
 }
 
 // BpfPrograms contains all programs after they have been loaded into the kernel.
@@ -270,6 +338,7 @@ type BpfPrograms struct {
 	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
 	SockDestroyTcp   *ebpf.Program `ebpf:"sock_destroy_tcp"`
 	SockDestroyUdp   *ebpf.Program `ebpf:"sock_destroy_udp"`
+	SockOutcomes     *ebpf.Program `ebpf:"sock_outcomes"`
 }
 
 func (p *BpfPrograms) Close() error {
@@ -284,6 +353,7 @@ func (p *BpfPrograms) Close() error {
 		p.Sock6Sendmsg,
 		p.SockDestroyTcp,
 		p.SockDestroyUdp,
+		p.SockOutcomes,
 	)
 }
 

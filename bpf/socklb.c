@@ -93,6 +93,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } socklb_gone_v3 SEC(".maps");
 
+#include "outcomes.h"
+
 static __always_inline void lb_count(__u32 rev_nat_id, int refused)
 {
 	struct svc_counters *c = bpf_map_lookup_elem(&socklb_cnt_v3, &rev_nat_id);
@@ -171,10 +173,19 @@ static __always_inline int lb_select(struct svc_key *key, __u64 client,
 			be = lb_affinity(&ak, timeout, now, &backend_id);
 		}
 		if (!be) {
-			key->slot = base + (bpf_get_prandom_u32() % count) + 1;
+			__u16 pick = bpf_get_prandom_u32() % count;
+
+			key->slot = base + pick + 1;
 			slot = bpf_map_lookup_elem(&socklb_svc_v3, key);
 			if (!slot)
 				continue; /* republished meanwhile: reread */
+			if ((flags & SOCKLB_SVC_F_LEASTCONN) && count > 1) {
+				slot = lb_fewer_open(key, slot, base, count, pick);
+				if (!slot)
+					continue;
+			}
+			if ((flags & SOCKLB_SVC_F_OUTLIER) && count > 1)
+				slot = lb_avoid(key, slot, base, count, pick);
 			backend_id = slot->backend_id;
 			be = &slot->backend;
 		}
@@ -563,9 +574,12 @@ int sock_destroy_tcp(struct bpf_iter__tcp *ctx)
  * shares into the object's BTF, where bpf2go (-type) finds them. An enum
  * that no map, global or function uses is left out of BTF. */
 __attribute__((noinline)) int socklb_btf_enums(enum socklb_consts c,
-					       enum socklb_svc_flags f)
+					       enum socklb_svc_flags f,
+					       enum socklb_sock_flags s,
+					       enum socklb_event_kind e,
+					       struct outcome_event *ev)
 {
-	return c + f;
+	return c + f + s + e + (ev ? 1 : 0);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

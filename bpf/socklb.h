@@ -19,6 +19,9 @@ enum socklb_consts {
 	/* Attempts to read a consistent {entry, slot} pair while the agent
 	 * is republishing the service under our feet. */
 	SOCKLB_LOOKUP_ATTEMPTS = 3,
+	/* Slots a connect reads to find a backend that is not avoided
+	 * (socklb_avoid_v3) before it takes the one it picked. */
+	SOCKLB_AVOID_PROBES = 4,
 	/* Bytes of a frontend name, with its terminating NUL. */
 	SOCKLB_NAME_LEN = 128,
 };
@@ -28,6 +31,13 @@ enum socklb_svc_flags {
 	SOCKLB_SVC_F_LOCAL = 1 << 1,    /* only node-local endpoints */
 	SOCKLB_SVC_F_NODEPORT = 1 << 2, /* a NodePort frontend */
 	SOCKLB_SVC_F_EXTERNAL = 1 << 3, /* an externalIP or LB ingress IP */
+	/* Least connections: of two random backends, the one with fewer
+	 * open connections from this node (struct backend_stats). */
+	SOCKLB_SVC_F_LEASTCONN = 1 << 4,
+	/* Outlier detection: a connect avoids a backend that has just
+	 * reached eject_after failures in a row and that the agent has not
+	 * decided on yet (socklb_avoid_v3). */
+	SOCKLB_SVC_F_OUTLIER = 1 << 5,
 };
 
 /* Addresses are always 16 bytes in network order: IPv6 as is, IPv4 as an
@@ -98,6 +108,11 @@ enum socklb_sock_flags {
 	/* Rewritten by connect: the socket is bound to its backend, and is
 	 * destroyed when that backend leaves the service. */
 	SOCKLB_SOCK_F_CONNECTED = 1 << 0,
+	/* A TCP connect the sock_ops program counts in its backend's
+	 * open connections, until the socket reaches TCP_CLOSE. */
+	SOCKLB_SOCK_F_COUNTED = 1 << 1,
+	/* That connect reached ESTABLISHED: its close is not a failure. */
+	SOCKLB_SOCK_F_ESTABLISHED = 1 << 2,
 };
 
 struct sock_state {
@@ -140,6 +155,45 @@ struct affinity_value {
 	__u32 backend_id;
 	__u32 pad;
 	__u64 last_used_ns; /* bpf_ktime_get_boot_ns() */
+};
+
+/* Connect outcomes of one backend from this node, keyed by its backend
+ * id, written by the sock_ops program for TCP sockets socklb rewrote. The
+ * program creates an entry at a backend's first counted connect; the
+ * agent deletes it with the backend. */
+struct backend_stats {
+	__s64 open;        /* counted connects not yet closed, SYN_SENT included */
+	__u64 established; /* connects that reached ESTABLISHED */
+	__u64 failed;      /* connects closed in SYN_SENT: RST, timeout, given up */
+	__u32 consecutive; /* failed connects since the last established one */
+	__u32 pad;
+	__u64 last_failure_ns; /* bpf_ktime_get_boot_ns() */
+};
+
+/* An outlier ejection the agent decided, keyed by struct backend. No
+ * program reads it: the agent keeps its decisions here so that a
+ * restarted agent goes on where the last one stopped, and bpftool shows
+ * them. Times are the agent's (Unix nanoseconds). */
+struct ejection {
+	__u64 at_ns;    /* when the current or last ejection began */
+	__u64 until_ns; /* when it ends */
+	__u32 ejections; /* the multiplier: ejections since last forgotten */
+	__u32 pad;
+};
+
+enum socklb_event_kind {
+	/* A connect failed and the backend's consecutive failures reached
+	 * the threshold (the eject_after constant). */
+	SOCKLB_EV_FAILURES = 1,
+};
+
+/* An event of the ring buffer the agent reads. */
+struct outcome_event {
+	__u32 kind; /* enum socklb_event_kind */
+	__u32 rev_nat_id;
+	__u32 backend_id;
+	__u32 consecutive;
+	__u64 time_ns; /* bpf_ktime_get_boot_ns() */
 };
 
 #endif /* SOCKLB_H */

@@ -106,6 +106,12 @@ type agentStatusJSON struct {
 		Backends int    `json:"backends"`
 		Stale    bool   `json:"stale"`
 	} `json:"overCapacity"`
+	Ejected []struct {
+		Backend   string    `json:"backend"`
+		Until     time.Time `json:"until"`
+		Ejections int       `json:"ejections"`
+		Services  []string  `json:"services"`
+	} `json:"ejected"`
 }
 
 func (a *httpAgent) status(t *testing.T) agentStatusJSON {

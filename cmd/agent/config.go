@@ -49,6 +49,15 @@ type Config struct {
 	// ReconcileInterval is how often the kernel maps are read back in
 	// full and drift is repaired.
 	ReconcileInterval time.Duration
+	// Outlier is passive outlier ejection: on by default (annotation
+	// socklb.io/outlier-detection per Service), after so many failed
+	// connects in a row, for BaseEjection × n capped at MaxEjection,
+	// never more than MaxEjectionPercent of a frontend's backends.
+	Outlier                   bool
+	OutlierFailures           uint32
+	OutlierBaseEjection       time.Duration
+	OutlierMaxEjection        time.Duration
+	OutlierMaxEjectionPercent int
 	// SkipCapabilityCheck turns off the up-front capability check, so
 	// tests can show that the kernel itself refuses each missing one.
 	SkipCapabilityCheck bool
@@ -101,6 +110,11 @@ func addFlags(f *pflag.FlagSet) {
 	f.Uint32("service-map-entries", 524288, "entries of the service map: frontends plus backend slots, double-buffered (1024 to 16777216)")
 	f.Uint32("backend-map-entries", 262144, "entries of the backend map (1024 to 16777216)")
 	f.Duration("reconcile-interval", time.Minute, "how often the kernel maps are read back in full and drift is repaired (at most 1h)")
+	f.Bool("outlier-detection", true, "eject a backend from new TCP connects of this node after consecutive failed connects to it (per Service: annotation socklb.io/outlier-detection)")
+	f.Uint32("outlier-consecutive-failures", 3, "failed connects in a row that eject a backend (1 to 1000)")
+	f.Duration("outlier-base-ejection", 30*time.Second, "the first ejection's length; the n-th lasts n times as long (at most 1h)")
+	f.Duration("outlier-max-ejection", 5*time.Minute, "the longest ejection (at least outlier-base-ejection, at most 24h)")
+	f.Int("outlier-max-ejection-percent", 50, "the most of a Service's backends ejected at once, in percent (0 to 100; 50 of 3 backends is 1)")
 	f.Bool("skip-capability-check", false, "do not check capabilities before loading (tests only)")
 	if err := f.MarkHidden("skip-capability-check"); err != nil {
 		panic(err) // the flag is defined just above: a bug, not input
@@ -149,6 +163,30 @@ var rules = map[string]func(v *viper.Viper, key string) error{
 	"sync-burst": func(v *viper.Viper, key string) error {
 		if v.GetInt(key) < 1 {
 			return errors.New("want at least 1")
+		}
+		return nil
+	},
+	"outlier-consecutive-failures": func(v *viper.Viper, key string) error {
+		if n := v.GetUint32(key); n < 1 || n > 1000 {
+			return errors.New("want at least 1 and at most 1000")
+		}
+		return nil
+	},
+	"outlier-base-ejection": func(v *viper.Viper, key string) error {
+		if d := v.GetDuration(key); d <= 0 || d > time.Hour {
+			return errors.New("want more than 0 and at most 1h")
+		}
+		return nil
+	},
+	"outlier-max-ejection": func(v *viper.Viper, key string) error {
+		if d := v.GetDuration(key); d <= 0 || d > 24*time.Hour {
+			return errors.New("want more than 0 and at most 24h")
+		}
+		return nil
+	},
+	"outlier-max-ejection-percent": func(v *viper.Viper, key string) error {
+		if n := v.GetInt(key); n < 0 || n > 100 {
+			return errors.New("want 0 to 100")
 		}
 		return nil
 	},
@@ -386,6 +424,12 @@ func loadConfig(v *viper.Viper) (Config, error) {
 		BackendMapEntries:   v.GetUint32("backend-map-entries"),
 		ReconcileInterval:   v.GetDuration("reconcile-interval"),
 		SkipCapabilityCheck: v.GetBool("skip-capability-check"),
+
+		Outlier:                   v.GetBool("outlier-detection"),
+		OutlierFailures:           v.GetUint32("outlier-consecutive-failures"),
+		OutlierBaseEjection:       v.GetDuration("outlier-base-ejection"),
+		OutlierMaxEjection:        v.GetDuration("outlier-max-ejection"),
+		OutlierMaxEjectionPercent: v.GetInt("outlier-max-ejection-percent"),
 	}
 	var errs []error
 	keys := make([]string, 0, len(rules))
@@ -407,6 +451,10 @@ func loadConfig(v *viper.Viper) (Config, error) {
 		if c.ServicesFile != "" {
 			c.Source = sourceFile
 		}
+	}
+	if c.OutlierMaxEjection < c.OutlierBaseEjection {
+		errs = append(errs, fmt.Errorf("outlier-max-ejection %s is shorter than outlier-base-ejection %s",
+			c.OutlierMaxEjection, c.OutlierBaseEjection))
 	}
 	if c.Source == sourceFile && c.ServicesFile == "" {
 		errs = append(errs, errors.New("--services-file is required with --source=file"))

@@ -318,6 +318,13 @@ func TestFinding9EveryFlagReachesConfig(t *testing.T) {
 		"backend-map-entries": {value: "4096", get: func(c Config) any { return c.BackendMapEntries }, want: uint32(4096)},
 		"reconcile-interval": {value: "30s", get: func(c Config) any { return c.ReconcileInterval },
 			want: 30 * time.Second},
+		"outlier-detection":            {value: "false", get: func(c Config) any { return c.Outlier }, want: false},
+		"outlier-consecutive-failures": {value: "5", get: func(c Config) any { return c.OutlierFailures }, want: uint32(5)},
+		"outlier-base-ejection": {value: "10s", get: func(c Config) any { return c.OutlierBaseEjection },
+			want: 10 * time.Second},
+		"outlier-max-ejection": {value: "10m", get: func(c Config) any { return c.OutlierMaxEjection },
+			want: 10 * time.Minute},
+		"outlier-max-ejection-percent": {value: "30", get: func(c Config) any { return c.OutlierMaxEjectionPercent }, want: 30},
 		// "1" is how tests/caps_test.go sets it.
 		"skip-capability-check": {value: "1", get: func(c Config) any { return c.SkipCapabilityCheck }, want: true},
 	}
@@ -544,5 +551,24 @@ func TestDeployMetricsAddrBothFamilies(t *testing.T) {
 				t.Errorf("%s with node IP %s: %q resolves to %v (%v), want %s port 9810", file, ip, addr, tcp, err, ip)
 			}
 		}
+	}
+}
+
+// TestOutlierFlagsRefuseNonsense: each outlier key out of range, and a
+// maximum ejection shorter than the base, fail with the key named.
+func TestOutlierFlagsRefuseNonsense(t *testing.T) {
+	clearAgentEnv(t)
+	for _, tc := range []struct{ arg, want string }{
+		{"--outlier-consecutive-failures=0", "outlier-consecutive-failures"},
+		{"--outlier-consecutive-failures=1001", "outlier-consecutive-failures"},
+		{"--outlier-base-ejection=0s", "outlier-base-ejection"},
+		{"--outlier-base-ejection=2h", "outlier-base-ejection"},
+		{"--outlier-max-ejection=25h", "outlier-max-ejection"},
+		{"--outlier-max-ejection-percent=101", "outlier-max-ejection-percent"},
+		{"--outlier-max-ejection-percent=-1", "outlier-max-ejection-percent"},
+		{"--outlier-max-ejection=10s", "is shorter than outlier-base-ejection"},
+	} {
+		_, _, err := loadWith(t, tc.arg)
+		wantErrContaining(t, tc.arg, err, tc.want)
 	}
 }

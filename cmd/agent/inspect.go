@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +29,17 @@ type inspectOutput struct {
 	// AgentError says why.
 	Agent      *statusReport `json:"agent"`
 	AgentError string        `json:"agentError,omitempty"`
+	// Ejections are the outlier ejections the agent recorded in the
+	// pinned ejection map, current and past (Until before now); they
+	// are known even while no agent runs.
+	Ejections []inspectEjection `json:"ejections"`
+}
+
+type inspectEjection struct {
+	Backend   string    `json:"backend"`
+	Until     time.Time `json:"until"`
+	Ejected   bool      `json:"ejected"`
+	Ejections uint32    `json:"ejections"`
 }
 
 // inspectFrontend is one row of `inspect`, also its JSON form.
@@ -40,15 +52,26 @@ type inspectFrontend struct {
 	// Affinity is the ClientIP affinity timeout in seconds, 0 for none.
 	Affinity uint32 `json:"affinitySeconds"`
 	// Local is internalTrafficPolicy: Local.
-	Local    bool             `json:"local"`
-	Backends []inspectBackend `json:"backends"`
-	Connects uint64           `json:"connects"`
-	Refused  uint64           `json:"refused"`
+	Local bool `json:"local"`
+	// Policy is random or least-connections (annotation
+	// socklb.io/lb-policy).
+	Policy string `json:"policy"`
+	// OutlierDetection: connects leave out backends that keep failing
+	// (annotation socklb.io/outlier-detection, else the agent's default).
+	OutlierDetection bool             `json:"outlierDetection"`
+	Backends         []inspectBackend `json:"backends"`
+	Connects         uint64           `json:"connects"`
+	Refused          uint64           `json:"refused"`
 }
 
 type inspectBackend struct {
 	ID      uint32 `json:"id"`
 	Address string `json:"address"`
+	// The sock_ops program's counts of TCP connects from this node:
+	// open now, failed in all, failed since the last established.
+	Open         int64  `json:"openConnections"`
+	Failed       uint64 `json:"failedConnects"`
+	FailedInARow uint32 `json:"failedInARow"`
 }
 
 func newInspectCmd(v *viper.Viper) *cobra.Command {
@@ -67,11 +90,15 @@ func newInspectCmd(v *viper.Viper) *cobra.Command {
 				return err
 			}
 			defer pinned.Close()
-			rows, err := collectInspect(maps.New(pinned))
+			rows, err := collectInspect(maps.New(pinned), maps.NewStats(pinned))
 			if err != nil {
 				return err
 			}
-			out := inspectOutput{Frontends: rows, Features: loader.ProbeFeatures()}
+			ejections, err := collectEjections(maps.NewEjections(pinned), time.Now())
+			if err != nil {
+				return err
+			}
+			out := inspectOutput{Frontends: rows, Features: loader.ProbeFeatures(), Ejections: ejections}
 			out.Agent, err = fetchStatus(cmd.Context(), c.HealthAddr)
 			if err != nil {
 				out.AgentError = err.Error()
@@ -88,12 +115,16 @@ func newInspectCmd(v *viper.Viper) *cobra.Command {
 	return cmd
 }
 
-func collectInspect(m maps.Maps) ([]inspectFrontend, error) {
+func collectInspect(m maps.Maps, st maps.Stats) ([]inspectFrontend, error) {
 	svcs, err := m.Services()
 	if err != nil {
 		return nil, err
 	}
 	bes, err := m.Backends()
+	if err != nil {
+		return nil, err
+	}
+	outcomes, err := st.BackendStats()
 	if err != nil {
 		return nil, err
 	}
@@ -109,23 +140,45 @@ func collectInspect(m maps.Maps) ([]inspectFrontend, error) {
 			ID:       uint32(s.RevNATID),
 			Kind:     kindOf(s.Flags),
 			Local:    s.Flags&maps.FlagLocal != 0,
-			Backends: make([]inspectBackend, 0, len(s.Backends)),
-			Connects: cnt.Connects,
-			Refused:  cnt.Refused,
+			Policy:   "random",
+			// Only TCP frontends have it.
+			OutlierDetection: s.Flags&maps.FlagOutlier != 0,
+			Backends:         make([]inspectBackend, 0, len(s.Backends)),
+			Connects:         cnt.Connects,
+			Refused:          cnt.Refused,
 		}
 		if s.Flags&maps.FlagAffinity != 0 {
 			row.Affinity = s.AffinityTimeout
+		}
+		if s.Flags&maps.FlagLeastConn != 0 {
+			row.Policy = "least-connections"
 		}
 		for _, id := range s.Backends {
 			addr := "(missing)"
 			if b, ok := bes[id]; ok {
 				addr = b.String()
 			}
-			row.Backends = append(row.Backends, inspectBackend{ID: uint32(id), Address: addr})
+			o := outcomes[id]
+			row.Backends = append(row.Backends, inspectBackend{ID: uint32(id), Address: addr,
+				Open: max(o.Open, 0), Failed: o.Failed, FailedInARow: o.Consecutive})
 		}
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// collectEjections reads the pinned ejection map, sorted by backend.
+func collectEjections(ej maps.Ejections, now time.Time) ([]inspectEjection, error) {
+	all, err := ej.Ejections()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]inspectEjection, 0, len(all))
+	for b, e := range all {
+		out = append(out, inspectEjection{Backend: b.String(), Until: e.Until, Ejected: e.Until.After(now), Ejections: e.Ejections})
+	}
+	slices.SortFunc(out, func(a, b inspectEjection) int { return strings.Compare(a.Backend, b.Backend) })
+	return out, nil
 }
 
 func kindOf(flags uint16) string {
@@ -149,13 +202,16 @@ func printInspect(w io.Writer, out inspectOutput) error {
 		if r.Local {
 			policy = append(policy, "local")
 		}
+		if r.Policy != "" && r.Policy != "random" {
+			policy = append(policy, r.Policy)
+		}
 		if len(policy) == 0 {
 			policy = append(policy, "-")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n", r.Frontend, r.Kind, r.Service, r.ID,
 			strings.Join(policy, ","), len(r.Backends), r.Connects, r.Refused)
 		for _, b := range r.Backends {
-			fmt.Fprintf(tw, "  -> %s\t\t\t\t\t\t\t\n", b.Address)
+			fmt.Fprintf(tw, "  -> %s\t\t\t\t%s\t\t\t\n", b.Address, backendOutcomes(b))
 		}
 	}
 	if len(out.Frontends) == 0 {
@@ -165,6 +221,7 @@ func printInspect(w io.Writer, out inspectOutput) error {
 		return err
 	}
 	printAgent(w, out)
+	printEjections(w, out)
 	fmt.Fprintln(w, "\nKERNEL FEATURES")
 	for _, f := range out.Features {
 		state := "yes"
@@ -174,6 +231,46 @@ func printInspect(w io.Writer, out inspectOutput) error {
 		fmt.Fprintf(w, "  %-62s %s\n", f.Name+" [>= "+f.MinKernel+"]", state)
 	}
 	return nil
+}
+
+// backendOutcomes is a backend's connect outcomes in a few words.
+func backendOutcomes(b inspectBackend) string {
+	s := fmt.Sprintf("open=%d failed=%d", b.Open, b.Failed)
+	if b.FailedInARow > 0 {
+		s += fmt.Sprintf(" (%d in a row)", b.FailedInARow)
+	}
+	return s
+}
+
+// printEjections lists the backends outlier ejection keeps out now, with
+// the Services the running agent names, and when each comes back.
+func printEjections(w io.Writer, out inspectOutput) {
+	services := map[string][]string{}
+	if out.Agent != nil {
+		for _, e := range out.Agent.Ejected {
+			services[e.Backend] = e.Services
+		}
+	}
+	fmt.Fprintln(w, "\nEJECTED (outlier detection)")
+	n := 0
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, e := range out.Ejections {
+		if !e.Ejected {
+			continue
+		}
+		n++
+		svcs := "-"
+		// The agent names a backend without its protocol (always TCP).
+		if s := services[strings.TrimSuffix(e.Backend, "/TCP")]; len(s) > 0 {
+			svcs = strings.Join(s, ",")
+		}
+		fmt.Fprintf(tw, "  %s\tuntil %s (%s left)\tejection %d\t%s\n", e.Backend, e.Until.Format(time.RFC3339),
+			time.Until(e.Until).Round(time.Second), e.Ejections, svcs)
+	}
+	_ = tw.Flush()
+	if n == 0 {
+		fmt.Fprintln(w, "  none")
+	}
 }
 
 func printAgent(w io.Writer, out inspectOutput) {

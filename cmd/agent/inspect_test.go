@@ -14,7 +14,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/socklb/socklb/pkg/ejection"
+	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
 	"github.com/socklb/socklb/pkg/reconciler"
@@ -103,7 +108,7 @@ func inspectSamples(t *testing.T) [][]byte {
 	}
 	web, empty, np := tcp("198.19.0.10", 80), tcp("198.19.0.20", 80), tcp("10.0.0.5", 30080)
 	for _, s := range []maps.Service{
-		{Frontend: web, RevNATID: 1, Flags: maps.FlagAffinity | maps.FlagLocal, AffinityTimeout: 10800,
+		{Frontend: web, RevNATID: 1, Flags: maps.FlagAffinity | maps.FlagLocal | maps.FlagLeastConn | maps.FlagOutlier, AffinityTimeout: 10800,
 			Name: "test/web:http", Backends: []maps.BackendID{1, 2}},
 		{Frontend: empty, RevNATID: 2, Name: "test/empty:http"},
 		{Frontend: np, RevNATID: 3, Flags: maps.FlagNodePort, Name: "test/web:http", Backends: []maps.BackendID{2}},
@@ -119,9 +124,18 @@ func inspectSamples(t *testing.T) [][]byte {
 	if _, _, err := f.Lookup(empty, 0); !errors.Is(err, maps.ErrNoBackend) {
 		t.Fatalf("lookup of an empty frontend: %v, want ErrNoBackend", err)
 	}
-	rows, err := collectInspect(f)
+	rows, err := collectInspect(f, f)
 	if err != nil {
 		t.Fatal(err)
+	}
+	now := time.Now()
+	ejectedBackend := maps.Backend{Addr: netip.MustParseAddr("198.18.0.3"), Port: 8080, Proto: maps.ProtoTCP}
+	if err := f.PutEjection(ejectedBackend, maps.Ejection{Ejections: 2, At: now, Until: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	ejections, err := collectEjections(f, now)
+	if err != nil || len(ejections) != 1 || !ejections[0].Ejected {
+		t.Fatalf("collectEjections: %+v, %v; want the one ejected backend", ejections, err)
 	}
 	if len(rows) != 3 {
 		t.Fatalf("collectInspect: %d rows, want 3: %+v", len(rows), rows)
@@ -142,6 +156,10 @@ func inspectSamples(t *testing.T) [][]byte {
 			return []reconciler.OverCapacity{{Service: "test/big", Name: "test/big:http",
 				Frontend: tcp("198.19.0.30", 80), Backends: 70000, Stale: true}}
 		},
+		ejected: func() []ejection.Ejected {
+			return []ejection.Ejected{{Backend: lb.Backend{Addr: ejectedBackend.Addr, Port: ejectedBackend.Port},
+				Until: now.Add(time.Minute), Ejections: 2, Services: []types.NamespacedName{{Namespace: "test", Name: "web"}}}}
+		},
 	}
 	st.setDatapathDrift("link connect4 missing")
 	srv := httptest.NewServer(statusHandler(st))
@@ -158,8 +176,8 @@ func inspectSamples(t *testing.T) [][]byte {
 
 	var out [][]byte
 	for _, o := range []inspectOutput{
-		{Frontends: rows, Features: features, Agent: report},
-		{Frontends: rows, Features: features, AgentError: unreachable.Error()},
+		{Frontends: rows, Features: features, Agent: report, Ejections: ejections},
+		{Frontends: rows, Features: features, AgentError: unreachable.Error(), Ejections: ejections},
 	} {
 		// As inspect --json writes it.
 		var b bytes.Buffer

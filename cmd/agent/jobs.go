@@ -8,10 +8,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/socklb/socklb/pkg/destroyer"
+	"github.com/socklb/socklb/pkg/ejection"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
 	"github.com/socklb/socklb/pkg/metrics"
+	"github.com/socklb/socklb/pkg/outlier"
 	"github.com/socklb/socklb/pkg/reconciler"
 )
 
@@ -122,4 +126,33 @@ func newDestroyer(dp *loader.Datapath, c Config, m *metrics.Sync, log *slog.Logg
 		},
 		Logger: log,
 	})
+}
+
+// newEjector returns the agent's outlier ejection and its metrics, or
+// nils when the kernel cannot follow connect outcomes (the features
+// logged at start say which part is missing). The ejector runs even when
+// the default is off, for the Services whose annotation turns it on.
+func newEjector(dp *loader.Datapath, c Config, reg prometheus.Registerer, trigger func(), log *slog.Logger) (*ejection.Ejector, reconciler.Adjuster) {
+	var ejector *ejection.Ejector
+	om := metrics.NewOutcomes(reg, maps.NewStats(&dp.Maps), func() []ejection.Ejected {
+		if ejector == nil {
+			return nil
+		}
+		return ejector.Ejected()
+	}, log)
+	if !dp.HasOutcomes() {
+		log.Warn("this kernel cannot follow connect outcomes: no backend is ejected and least-connections picks at random")
+		return nil, nil
+	}
+	ejector = ejection.New(ejection.Options{
+		Config: outlier.Config{
+			BaseEjection: c.OutlierBaseEjection, MaxEjection: c.OutlierMaxEjection,
+			MaxShare: float64(c.OutlierMaxEjectionPercent) / 100,
+		},
+		Store:   maps.NewEjections(&dp.Maps),
+		Trigger: trigger,
+		OnEject: om.Ejection,
+		Logger:  log.With("component", "outlier"),
+	})
+	return ejector, ejector
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/socklb/socklb/pkg/ejection"
 	"github.com/socklb/socklb/pkg/filesource"
 	"github.com/socklb/socklb/pkg/k8swatch"
 	"github.com/socklb/socklb/pkg/lb"
@@ -105,6 +106,7 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	dp, err := loader.Prepare(loader.Options{
 		BPFFSPath: c.BPFFSPath, CgroupPath: c.CgroupPath, Lock: lock, Logger: log,
 		MaxServiceEntries: c.ServiceMapEntries, MaxBackendEntries: c.BackendMapEntries,
+		EjectAfter: c.OutlierFailures,
 	})
 	if err != nil {
 		return err
@@ -130,6 +132,7 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	}
 	reg, syncMetrics := newRegistry(dp, log)
 	destroy := newDestroyer(dp, c, syncMetrics, log)
+	ejector, adjuster := newEjector(dp, c, reg, func() { syncer.TriggerNow() }, log)
 	rec := reconciler.New(maps.New(&dp.Maps), log)
 	syncer = reconciler.NewSyncer(rec,
 		[]reconciler.Source{src, nodeAddrSource{addrs}},
@@ -140,6 +143,8 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 			Node:              lb.NodeInfo{Name: c.NodeName},
 			ServiceSelector:   selector,
 			OnDeparted:        destroy.Enqueue,
+			Adjuster:          adjuster,
+			Defaults:          lb.Defaults{OutlierDetection: c.Outlier},
 			OnSync: func(took time.Duration, st reconciler.Stats, err error) {
 				frontends, backends := rec.Programmed()
 				syncMetrics.Observe(metrics.SyncResult{Took: took, Frontends: frontends, Backends: backends,
@@ -155,17 +160,24 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 		attached: dp.Attached,
 		over:     syncer.OverCapacity,
 	}
+	if ejector != nil {
+		status.ejected = ejector.Ejected
+	}
 
 	log.Info("socklb agent started", "version", version, "bpffs", c.BPFFSPath, "cgroup", c.CgroupPath,
 		"source", c.Source, "node", c.NodeName, "service_selector", c.ServiceSelector,
 		"service_map_entries", c.ServiceMapEntries, "backend_map_entries", c.BackendMapEntries,
-		"reconcile_interval", c.ReconcileInterval)
+		"reconcile_interval", c.ReconcileInterval, "outlier_detection", c.Outlier,
+		"outlier_consecutive_failures", c.OutlierFailures)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return runSource(ctx) })
 	g.Go(func() error { return addrs.Run(ctx) })
 	g.Go(func() error { return syncer.Run(ctx) })
 	g.Go(func() error { return attachAfterFirstSync(ctx, dp, syncer, log) })
 	g.Go(func() error { return destroy.Run(ctx) })
+	if ejector != nil {
+		g.Go(func() error { return ejection.ReadEvents(ctx, dp.Maps.SocklbEventsV3, ejector.Report, log) })
+	}
 	g.Go(func() error { return checkDatapath(ctx, dp, c.ReconcileInterval, status, syncMetrics, log) })
 	if c.HealthAddr != "" {
 		g.Go(func() error { return serveHTTP(ctx, "health", c.HealthAddr, statusHandler(status), log) })

@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/socklb/socklb/pkg/ejection"
 	"github.com/socklb/socklb/pkg/reconciler"
 )
 
@@ -17,6 +19,9 @@ type agentStatus struct {
 	inSync   func() bool // the last sync wrote everything it planned
 	attached func() bool // the programs run on the cgroup
 	over     func() []reconciler.OverCapacity
+	// ejected lists the backends outlier ejection keeps out now; nil
+	// when the agent has no ejector.
+	ejected func() []ejection.Ejected
 
 	mu sync.Mutex
 	// datapathDrift is what the last datapath check found and could not
@@ -43,6 +48,16 @@ type statusReport struct {
 	DatapathDrift string `json:"datapathDrift"`
 	// OverCapacity lists the frontends the maps have no room for.
 	OverCapacity []overCapacityRow `json:"overCapacity"`
+	// Ejected lists the backends outlier ejection keeps out of new
+	// connects now, with the Services that leave them out.
+	Ejected []ejectedRow `json:"ejected"`
+}
+
+type ejectedRow struct {
+	Backend   string    `json:"backend"`
+	Until     time.Time `json:"until"`
+	Ejections int       `json:"ejections"`
+	Services  []string  `json:"services"`
 }
 
 type overCapacityRow struct {
@@ -65,6 +80,16 @@ func (s *agentStatus) report() statusReport {
 		DatapathDrift: drift,
 		NotReady:      []string{},
 		OverCapacity:  []overCapacityRow{},
+	}
+	r.Ejected = []ejectedRow{}
+	if s.ejected != nil {
+		for _, e := range s.ejected() {
+			row := ejectedRow{Backend: e.Backend.String(), Until: e.Until, Ejections: e.Ejections, Services: []string{}}
+			for _, n := range e.Services {
+				row.Services = append(row.Services, n.String())
+			}
+			r.Ejected = append(r.Ejected, row)
+		}
 	}
 	for _, o := range s.over() {
 		r.OverCapacity = append(r.OverCapacity, overCapacityRow{

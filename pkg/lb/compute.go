@@ -25,6 +25,16 @@ type Input struct {
 	// matches; nil means every service. Services it does not match are
 	// skipped without a warning: they are left to another proxy.
 	ServiceSelector labels.Selector
+	// Defaults are the agent's choices for Services whose annotations
+	// do not say.
+	Defaults Defaults
+}
+
+// Defaults are per-Service choices that annotations override.
+type Defaults struct {
+	// OutlierDetection: whether a Service without the
+	// socklb.io/outlier-detection annotation ejects failing backends.
+	OutlierDetection bool
 }
 
 // ParseServiceSelector parses a label selector in the syntax kubectl takes,
@@ -110,7 +120,7 @@ func Compute(in Input) (State, []Warning) {
 			continue
 		}
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		cands = appendClaims(cands, svc, frontends(svc, byService[key], in.Node, nodeAddrs, &w))
+		cands = appendClaims(cands, svc, frontends(svc, byService[key], in.Node, nodeAddrs, in.Defaults, &w))
 	}
 	return State{Services: uniqueFrontends(cands, &w)}, w.sorted()
 }

@@ -34,6 +34,7 @@ type Computer struct {
 	node      NodeInfo // Name and Zone: what frontends reads of it
 	nodeAddrs []netip.Addr
 	selector  labels.Selector
+	defaults  Defaults
 
 	// gen numbers the calls; a record seen in this call has seen == gen.
 	gen      uint64
@@ -98,8 +99,10 @@ func (c *Computer) Compute(in Input) (State, []Warning) {
 	// Services count; a change of either is rare enough to redo all.
 	// DeepEqual because a Selector need not be comparable with ==.
 	if !c.primed || node.Name != c.node.Name || node.Zone != c.node.Zone ||
-		!slices.Equal(nodeAddrs, c.nodeAddrs) || !reflect.DeepEqual(in.ServiceSelector, c.selector) {
+		!slices.Equal(nodeAddrs, c.nodeAddrs) || !reflect.DeepEqual(in.ServiceSelector, c.selector) ||
+		in.Defaults != c.defaults {
 		c.reset(node, nodeAddrs, in.ServiceSelector)
+		c.defaults = in.Defaults
 	}
 	c.gen++
 	c.scanServices(in.Services)
@@ -286,7 +289,7 @@ func (c *Computer) recompute(e *entry) {
 	var cands []claim
 	var w warnings
 	for _, svc := range e.svcs {
-		cands = appendClaims(cands, svc, frontends(svc, e.slices, c.node, c.nodeAddrs, &w))
+		cands = appendClaims(cands, svc, frontends(svc, e.slices, c.node, c.nodeAddrs, c.defaults, &w))
 	}
 	for _, s := range e.cands {
 		c.retract(s.Frontend, e.key)

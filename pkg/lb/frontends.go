@@ -26,7 +26,7 @@ const maxAffinitySeconds = 86400
 // its slices give. nodeAddrs are the node's NodePort addresses, from
 // nodePortAddrs. The result may hold duplicate frontends; uniqueFrontends
 // resolves those across all services.
-func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeInfo, nodeAddrs []netip.Addr, w *warnings) []Service {
+func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeInfo, nodeAddrs []netip.Addr, def Defaults, w *warnings) []Service {
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	if _, ok := svc.Labels[labelServiceProxyName]; ok {
 		return nil
@@ -69,6 +69,8 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeI
 		w.add(name, "internalTrafficPolicy is Local but the node name is unknown; no backends")
 	}
 	affinity := affinityTimeout(svc, name, w)
+	policy := policyOf(svc, name, w)
+	outlier := outlierOf(svc, name, def.OutlierDetection, w)
 	parsed := parseSlices(eps, w)
 	var out []Service
 	for _, sp := range svc.Spec.Ports {
@@ -95,24 +97,28 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node NodeI
 		}
 		for _, a := range addrs {
 			out = append(out, Service{
-				Frontend:        Frontend{Addr: a, Port: uint16(sp.Port), Proto: proto},
-				Kind:            KindClusterIP,
-				Name:            name,
-				PortName:        sp.Name,
-				Backends:        slices.Clone(internal[familyIndex(a.Is4())]),
-				TrafficLocal:    local,
-				AffinityTimeout: affinity,
+				Frontend:         Frontend{Addr: a, Port: uint16(sp.Port), Proto: proto},
+				Kind:             KindClusterIP,
+				Name:             name,
+				PortName:         sp.Name,
+				Backends:         slices.Clone(internal[familyIndex(a.Is4())]),
+				TrafficLocal:     local,
+				AffinityTimeout:  affinity,
+				Policy:           policy,
+				OutlierDetection: outlier && proto == TCP,
 			})
 		}
 		external := func(kind FrontendKind, a netip.Addr, port uint16) {
 			out = append(out, Service{
-				Frontend:        Frontend{Addr: a, Port: port, Proto: proto},
-				Kind:            kind,
-				Name:            name,
-				PortName:        sp.Name,
-				Backends:        slices.Clone(cluster[familyIndex(a.Is4())]),
-				ExternalLocal:   ext.local,
-				AffinityTimeout: affinity,
+				Frontend:         Frontend{Addr: a, Port: port, Proto: proto},
+				Kind:             kind,
+				Name:             name,
+				PortName:         sp.Name,
+				Backends:         slices.Clone(cluster[familyIndex(a.Is4())]),
+				ExternalLocal:    ext.local,
+				AffinityTimeout:  affinity,
+				Policy:           policy,
+				OutlierDetection: outlier && proto == TCP,
 			})
 		}
 		if np := nodePortOf(svc, sp, proto, name, w); np != 0 {

@@ -67,6 +67,9 @@ func compareClaim(a, b claim) int {
 	if c := cmp.Compare(a.AffinityTimeout, b.AffinityTimeout); c != 0 {
 		return c
 	}
+	if c := cmp.Or(cmp.Compare(a.Policy, b.Policy), cmpBool(a.OutlierDetection, b.OutlierDetection)); c != 0 {
+		return c
+	}
 	return slices.CompareFunc(a.Backends, b.Backends, Backend.Compare)
 }
 

@@ -123,6 +123,17 @@ type Service struct {
 	// AffinityTimeout is the idle time after which a client's sticky
 	// backend is forgotten (sessionAffinity: ClientIP). 0 means no affinity.
 	AffinityTimeout time.Duration
+	// Policy is how a connect picks among Backends when no affinity holds
+	// (annotation socklb.io/lb-policy).
+	Policy Policy
+	// OutlierDetection says whether backends that fail TCP connects from
+	// this node are ejected (annotation socklb.io/outlier-detection, else
+	// Input.Defaults). Only TCP frontends have it.
+	OutlierDetection bool
+	// Ejected are members of the Service left out of Backends for now by
+	// outlier ejection (package outlier sets them; the model never does).
+	// They are still members: their sockets are not stale.
+	Ejected []Backend
 }
 
 // NodeInfo describes the node this agent runs on.

@@ -33,7 +33,18 @@ const (
 	FeatLRUHash      = "LRU hash maps"
 	FeatSockDestroy  = "bpf_sock_destroy kfunc (closing sockets of removed backends)"
 	FeatBoundedLoops = "bounded loops"
+	// The connect outcomes (open connections, failed connects) that
+	// least-connections and outlier ejection read.
+	FeatSockOps        = "cgroup sock_ops programs (connect outcomes)"
+	FeatSockOpsStorage = "sk_storage in sock_ops (connect outcomes)"
+	FeatSockOpsState   = "bpf_sock_ops_cb_flags_set helper (connect outcomes)"
+	FeatRingbuf        = "ring buffer maps (connect outcome events)"
 )
+
+// outcomePrograms follow connect outcomes. They are optional: without
+// them connects are balanced as before, least-connections sees no open
+// connections (so picks at random) and no backend is ejected.
+var outcomePrograms = []string{"sock_outcomes"}
 
 type probe struct {
 	name, minKernel string
@@ -43,6 +54,10 @@ type probe struct {
 
 func helperProbe(h asm.BuiltinFunc) func() error {
 	return func() error { return features.HaveProgramHelper(ebpf.CGroupSockAddr, h) }
+}
+
+func sockOpsHelperProbe(h asm.BuiltinFunc) func() error {
+	return func() error { return features.HaveProgramHelper(ebpf.SockOps, h) }
 }
 
 var allPrograms = []string{
@@ -58,6 +73,10 @@ var probes = []probe{
 	{FeatNetnsCookie, "5.7", helperProbe(asm.FnGetNetnsCookie), allPrograms},
 	{FeatLRUHash, "4.10", func() error { return features.HaveMapType(ebpf.LRUHash) }, allPrograms},
 	{FeatSockDestroy, "6.5", haveKfunc("bpf_sock_destroy"), nil},
+	{FeatSockOps, "4.13", func() error { return features.HaveProgramType(ebpf.SockOps) }, outcomePrograms},
+	{FeatSockOpsStorage, "5.3", sockOpsHelperProbe(asm.FnSkStorageGet), outcomePrograms},
+	{FeatSockOpsState, "4.16", sockOpsHelperProbe(asm.FnSockOpsCbFlagsSet), outcomePrograms},
+	{FeatRingbuf, "5.8", sockOpsHelperProbe(asm.FnRingbufOutput), outcomePrograms},
 }
 
 func haveKfunc(name string) func() error {
@@ -112,14 +131,28 @@ func available(feats []Feature, name string) bool {
 	return false
 }
 
-// unusable returns the programs that cannot load with feats.
-func unusable(feats []Feature) []string {
+// unusable returns the programs that cannot load with feats: with
+// optional, the optional ones (outcomePrograms), else the others.
+func unusable(feats []Feature, optional bool) []string {
 	var out []string
 	for _, f := range feats {
-		if !f.Available {
-			out = append(out, f.Needed...)
+		if f.Available {
+			continue
+		}
+		for _, p := range f.Needed {
+			if slices.Contains(outcomePrograms, p) == optional {
+				out = append(out, p)
+			}
 		}
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// HasOutcomes reports whether the sock_ops program that follows connect
+// outcomes is loaded: without it least-connections picks at random (every
+// backend counts 0 open connections) and no backend is ejected.
+func (d *Datapath) HasOutcomes() bool {
+	_, ok := d.spec.Programs[outcomePrograms[0]]
+	return ok
 }

@@ -74,7 +74,11 @@ type Options struct {
 	MaxServiceEntries uint32
 	// MaxBackendEntries overrides the backend map size when non-zero.
 	MaxBackendEntries uint32
-	Logger            *slog.Logger
+	// EjectAfter is the number of consecutive failed connects to a
+	// backend after which the sock_ops program reports each further
+	// failure to the agent (ReadOutcomes); 0 means the default, 3.
+	EjectAfter uint32
+	Logger     *slog.Logger
 }
 
 // The maps whose sizes Options set.
@@ -84,6 +88,10 @@ const (
 	mapCounters = socklb.BpfMapSocklbCntV3
 	mapNames    = socklb.BpfMapSocklbNameV3
 	mapBackend  = socklb.BpfMapSocklbBeV3
+	// One entry per backend, as the backend map.
+	mapBackendStats = socklb.BpfMapSocklbBestatV3
+	mapEjections    = socklb.BpfMapSocklbEjectV3
+	mapAvoid        = socklb.BpfMapSocklbAvoidV3
 )
 
 // Datapath holds the loaded maps and programs of a running agent and, once
@@ -247,6 +255,11 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 	if err := setMapSizes(spec, opts); err != nil {
 		return nil, err
 	}
+	if opts.EjectAfter > 0 {
+		if err := spec.Variables[socklb.BpfVarEjectAfter].Set(opts.EjectAfter); err != nil {
+			return nil, fmt.Errorf("set eject_after: %w", err)
+		}
+	}
 	feats := ProbeFeatures()
 	logFeatures(log, feats)
 	if !available(feats, FeatSockDestroy) {
@@ -259,7 +272,12 @@ func Prepare(opts Options) (_ *Datapath, err error) {
 			}
 		}
 	}
-	if missing := unusable(feats); len(missing) > 0 {
+	for _, name := range unusable(feats, true) {
+		// Connects are balanced without it; least-connections picks at
+		// random and no backend is ejected (the features logged above).
+		delete(spec.Programs, name)
+	}
+	if missing := unusable(feats, false); len(missing) > 0 {
 		// Every hook needs the same core; a partial socket LB (connects
 		// rewritten, replies not) would be worse than none.
 		return nil, fmt.Errorf("%w: this kernel cannot run %v (see the features logged above)", ErrKernelTooOld, missing)

@@ -33,6 +33,9 @@ func setMapSizes(spec *ebpf.CollectionSpec, opts Options) error {
 		{mapCounters, opts.MaxServiceEntries / 2},
 		{mapNames, opts.MaxServiceEntries / 2},
 		{mapBackend, opts.MaxBackendEntries},
+		{mapBackendStats, opts.MaxBackendEntries},
+		{mapEjections, opts.MaxBackendEntries},
+		{mapAvoid, opts.MaxBackendEntries},
 	}
 	for _, s := range sizes {
 		if s.n == 0 {

@@ -20,6 +20,9 @@ func New(m *socklb.BpfMaps) Maps {
 		names: ebpfTable[uint32, socklb.BpfSvcName]{m.SocklbNameV3, socklb.BpfMapSocklbNameV3},
 		aff:   ebpfTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{m.SocklbAffV3, socklb.BpfMapSocklbAffV3},
 		cnt:   percpuCounters{m.SocklbCntV3, socklb.BpfMapSocklbCntV3},
+		stat:  ebpfTable[uint32, socklb.BpfBackendStats]{m.SocklbBestatV3, socklb.BpfMapSocklbBestatV3},
+		ej:    ebpfTable[socklb.BpfBackend, socklb.BpfEjection]{m.SocklbEjectV3, socklb.BpfMapSocklbEjectV3},
+		avoid: ebpfTable[uint32, uint64]{m.SocklbAvoidV3, socklb.BpfMapSocklbAvoidV3},
 		capacity: Capacity{
 			Services: maxEntries(m.SocklbSvcV3),
 			Backends: maxEntries(m.SocklbBeV3),

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 
 	"github.com/socklb/socklb"
@@ -25,6 +26,9 @@ type Fake struct {
 	names     map[uint32]socklb.BpfSvcName
 	aff       map[socklb.BpfAffinityKey]socklb.BpfAffinityValue
 	cnt       map[uint32]Counters
+	stat      map[uint32]socklb.BpfBackendStats
+	ej        map[socklb.BpfBackend]socklb.BpfEjection
+	avoid     map[uint32]uint64
 	onWrite   func()
 	failWrite func(Write) error
 }
@@ -65,6 +69,9 @@ func NewFakeWithCapacity(c Capacity) *Fake {
 		names: make(map[uint32]socklb.BpfSvcName),
 		aff:   make(map[socklb.BpfAffinityKey]socklb.BpfAffinityValue),
 		cnt:   make(map[uint32]Counters),
+		stat:  make(map[uint32]socklb.BpfBackendStats),
+		ej:    make(map[socklb.BpfBackend]socklb.BpfEjection),
+		avoid: make(map[uint32]uint64),
 	}
 	f.store = &store{
 		svc:      memTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{f, f.svc, socklb.BpfMapSocklbSvcV3, c.Services},
@@ -73,6 +80,9 @@ func NewFakeWithCapacity(c Capacity) *Fake {
 		names:    memTable[uint32, socklb.BpfSvcName]{f, f.names, socklb.BpfMapSocklbNameV3, c.Names},
 		aff:      memTable[socklb.BpfAffinityKey, socklb.BpfAffinityValue]{f, f.aff, socklb.BpfMapSocklbAffV3, 0},
 		cnt:      memCounters{f, c.Counters},
+		stat:     memTable[uint32, socklb.BpfBackendStats]{f, f.stat, socklb.BpfMapSocklbBestatV3, c.Backends},
+		ej:       memTable[socklb.BpfBackend, socklb.BpfEjection]{f, f.ej, socklb.BpfMapSocklbEjectV3, c.Backends},
+		avoid:    memTable[uint32, uint64]{f, f.avoid, socklb.BpfMapSocklbAvoidV3, c.Backends},
 		capacity: c,
 	}
 	return f
@@ -402,4 +412,18 @@ func (f *Fake) DeleteSlot(fe Frontend, n uint16) error {
 	key.Slot = e.Base + 1 + n
 	delete(f.svc, key)
 	return nil
+}
+
+// MarkAvoided does what the sock_ops program does when a backend's
+// failures in a row reach the threshold.
+func (f *Fake) MarkAvoided(id BackendID) { f.avoid[uint32(id)] = 1 }
+
+// Avoided returns the backends marked and not yet Decided, sorted.
+func (f *Fake) Avoided() []BackendID {
+	var out []BackendID
+	for id := range f.avoid {
+		out = append(out, BackendID(id))
+	}
+	slices.Sort(out)
+	return out
 }

@@ -105,6 +105,12 @@ const (
 	FlagLocal    = uint16(socklb.BpfSocklbSvcFlagsSOCKLB_SVC_F_LOCAL)
 	FlagNodePort = uint16(socklb.BpfSocklbSvcFlagsSOCKLB_SVC_F_NODEPORT)
 	FlagExternal = uint16(socklb.BpfSocklbSvcFlagsSOCKLB_SVC_F_EXTERNAL)
+	// FlagLeastConn: of two random backends, the one with fewer open
+	// connections (BackendStats.Open).
+	FlagLeastConn = uint16(socklb.BpfSocklbSvcFlagsSOCKLB_SVC_F_LEASTCONN)
+	// FlagOutlier: connects avoid backends the sock_ops program marked
+	// as failing until the agent has decided on them (Ejections).
+	FlagOutlier = uint16(socklb.BpfSocklbSvcFlagsSOCKLB_SVC_F_OUTLIER)
 )
 
 // Service is one frontend's entry: its id, flags and ordered backend ids.

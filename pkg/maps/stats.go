@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -31,6 +32,41 @@ type Stats interface {
 	// FrontendStats returns the name and counters of every frontend that
 	// has a name, sorted by id.
 	FrontendStats() ([]FrontendStats, error)
+	// BackendStats returns the connect outcomes of every backend that
+	// the sock_ops program has counted a connect to.
+	BackendStats() (map[BackendID]BackendStats, error)
+	// Backends returns every backend in the backend map.
+	Backends() (map[BackendID]Backend, error)
+}
+
+// BackendStats are one backend's connect outcomes from this node (struct
+// backend_stats): TCP connects socklb rewrote, from the SYN on.
+type BackendStats struct {
+	// Open counts connects not closed yet, those still connecting
+	// included.
+	Open int64
+	// Established and Failed count connects that reached ESTABLISHED and
+	// those closed before (refused, timed out, given up).
+	Established, Failed uint64
+	// Consecutive counts failures since the last established connect.
+	Consecutive uint32
+	// LastFailure is the time of the last failure on the boot-time
+	// clock (CLOCK_BOOTTIME), 0 if none.
+	LastFailure time.Duration
+}
+
+// BackendStats reads the outcome map once.
+func (s *store) BackendStats() (map[BackendID]BackendStats, error) {
+	all, err := s.stat.all()
+	if err != nil {
+		return nil, fmt.Errorf("read backend stats: %w", err)
+	}
+	out := make(map[BackendID]BackendStats, len(all))
+	for id, v := range all {
+		out[BackendID(id)] = BackendStats{Open: v.Open, Established: v.Established, Failed: v.Failed,
+			Consecutive: v.Consecutive, LastFailure: time.Duration(v.LastFailureNs)}
+	}
+	return out, nil
 }
 
 // FrontendStats reads the name map and the counter map once each, rather

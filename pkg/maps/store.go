@@ -38,6 +38,13 @@ type store struct {
 	names table[uint32, socklb.BpfSvcName]
 	aff   table[socklb.BpfAffinityKey, socklb.BpfAffinityValue]
 	cnt   counterTable
+	// stat is the sock_ops program's connect outcomes per backend.
+	stat table[uint32, socklb.BpfBackendStats]
+	// ej is the agent's record of its outlier ejections.
+	ej table[socklb.BpfBackend, socklb.BpfEjection]
+	// avoid holds the backends the programs avoid until the agent has
+	// decided on them.
+	avoid table[uint32, uint64]
 
 	capacity Capacity
 
@@ -118,6 +125,11 @@ func (s *store) DeleteBackend(id BackendID) error {
 	delete(s.bes, uint32(id))
 	s.mu.Unlock()
 	if err := s.be.remove(uint32(id)); err != nil {
+		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	// The outcomes go with it: a socket to it that closes later finds
+	// no entry and counts nothing.
+	if err := s.stat.remove(uint32(id)); err != nil {
 		return fmt.Errorf("delete backend %d: %w", id, err)
 	}
 	return nil

@@ -85,6 +85,14 @@ func (failingStats) FrontendStats() ([]maps.FrontendStats, error) {
 	return nil, errors.New("map gone")
 }
 
+func (failingStats) BackendStats() (map[maps.BackendID]maps.BackendStats, error) {
+	return nil, errors.New("map gone")
+}
+
+func (failingStats) Backends() (map[maps.BackendID]maps.Backend, error) {
+	return nil, errors.New("map gone")
+}
+
 func TestDatapathReportsAFailedReadWithoutFailingTheScrape(t *testing.T) {
 	d := NewDatapath(failingStats{}, nil, nil, slog.New(slog.DiscardHandler))
 	want := `

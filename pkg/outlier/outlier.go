@@ -1,18 +1,21 @@
 // Package outlier decides passive outlier ejection on one node: which
-// backends of which Services new connects from this node avoid, after the
-// datapath reported consecutive failed connects to them, for how long, and
-// never more than a maximum share of a frontend's backends. It is pure: the
+// backends new TCP connects from this node avoid, after the datapath
+// reported consecutive failed connects to them, for how long, and never
+// more than a maximum share of a frontend's backends. It is pure: the
 // caller passes the time and the reports, and applies the ejections to the
 // model's state before it is written (Apply), so the EndpointSlices stay
 // the source of truth for membership.
+//
+// A backend is an endpoint address and port. The kernel counts failures
+// per backend, whichever Service the connect went through, so an ejected
+// backend is left out of every TCP frontend that lists it and has outlier
+// detection on: a dead process is dead for all of them.
 package outlier
 
 import (
 	"math"
 	"slices"
 	"time"
-
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/socklb/socklb/pkg/lb"
 )
@@ -31,61 +34,63 @@ type Config struct {
 // DefaultConfig is the agent's default: 30 s, 5 min, 50 %.
 var DefaultConfig = Config{BaseEjection: 30 * time.Second, MaxEjection: 5 * time.Minute, MaxShare: 0.5}
 
-// Key is one backend of one Service.
-type Key struct {
-	Service types.NamespacedName
-	Backend lb.Backend
-}
-
-type entry struct {
-	// ejections counts this backend's ejections since it was last
+// Entry is what the Detector knows of one backend.
+type Entry struct {
+	// Ejections counts the backend's ejections since it was last
 	// forgotten (the multiplier of the ejection time).
-	ejections int
-	// at and until bound the current or last ejection.
-	at, until time.Time
+	Ejections int
+	// At and Until bound the current or last ejection.
+	At, Until time.Time
 }
 
 // Detector holds the ejection state. It is not safe for concurrent use.
 type Detector struct {
 	cfg     Config
-	entries map[Key]*entry
+	entries map[lb.Backend]*Entry
 }
 
 // New returns a Detector with no backend ejected.
 func New(cfg Config) *Detector {
-	return &Detector{cfg: cfg, entries: map[Key]*entry{}}
+	return &Detector{cfg: cfg, entries: map[lb.Backend]*Entry{}}
 }
 
-// Failed records that connects to k.Backend through a frontend of
-// k.Service whose backends are members failed often enough in a row. It
-// ejects the backend until the returned time, unless it is ejected
-// already, is not a member, or ejecting it would take the share of
-// ejected members above MaxShare (then it returns false).
-func (d *Detector) Failed(k Key, members []lb.Backend, now time.Time) (until time.Time, ejected bool) {
-	if !slices.Contains(members, k.Backend) {
+// Enabled reports whether s takes part in outlier ejection: a TCP
+// frontend (failures are learnt from TCP connects only) whose Service
+// has it on, by annotation or by the agent's default.
+func (d *Detector) Enabled(s *lb.Service) bool {
+	return s.Frontend.Proto == lb.TCP && s.OutlierDetection
+}
+
+// Failed records that connects to b, a backend of a frontend whose
+// backends are members, failed often enough in a row. It ejects b until
+// the returned time, unless it is ejected already, is not a member, or
+// ejecting it would take the share of ejected members above MaxShare
+// (then it returns false).
+func (d *Detector) Failed(b lb.Backend, members []lb.Backend, now time.Time) (until time.Time, ejected bool) {
+	if !slices.Contains(members, b) {
 		return time.Time{}, false
 	}
-	if e := d.entries[k]; e != nil && e.until.After(now) {
-		return e.until, false
+	if e := d.entries[b]; e != nil && e.Until.After(now) {
+		return e.Until, false
 	}
 	out := 0
-	for _, b := range members {
-		if e := d.entries[Key{k.Service, b}]; e != nil && e.until.After(now) {
+	for _, m := range members {
+		if _, ok := d.EjectedUntil(m, now); ok {
 			out++
 		}
 	}
 	if out+1 > allowed(d.cfg.MaxShare, len(members)) {
 		return time.Time{}, false
 	}
-	e := d.entries[k]
+	e := d.entries[b]
 	if e == nil {
-		e = &entry{}
-		d.entries[k] = e
+		e = &Entry{}
+		d.entries[b] = e
 	}
-	e.ejections++
-	e.at = now
-	e.until = now.Add(min(d.cfg.BaseEjection*time.Duration(e.ejections), d.cfg.MaxEjection))
-	return e.until, true
+	e.Ejections++
+	e.At = now
+	e.Until = now.Add(min(d.cfg.BaseEjection*time.Duration(e.Ejections), d.cfg.MaxEjection))
+	return e.Until, true
 }
 
 // allowed is how many of n backends may be ejected at once.
@@ -93,29 +98,33 @@ func allowed(share float64, n int) int {
 	return int(math.Floor(share*float64(n) + 1e-9))
 }
 
-// EjectedUntil returns when k's current ejection ends, and whether it is
+// EjectedUntil returns when b's current ejection ends, and whether it is
 // ejected at now.
-func (d *Detector) EjectedUntil(k Key, now time.Time) (time.Time, bool) {
-	if e := d.entries[k]; e != nil && e.until.After(now) {
-		return e.until, true
+func (d *Detector) EjectedUntil(b lb.Backend, now time.Time) (time.Time, bool) {
+	if e := d.entries[b]; e != nil && e.Until.After(now) {
+		return e.Until, true
 	}
 	return time.Time{}, false
 }
 
-// Apply returns state with the ejected backends left out of the
-// frontends of Services for which enabled is true. Within one frontend at
-// most MaxShare of its backends are left out (the earliest ejected first):
+// Apply returns state with the ejected backends moved from Backends to
+// Ejected in the frontends that are Enabled. Within one frontend at most
+// MaxShare of its backends are left out (the earliest ejected first):
 // with every backend failing, connects keep going to all that are left.
 // state itself is not changed.
-func (d *Detector) Apply(state lb.State, now time.Time, enabled func(types.NamespacedName) bool) lb.State {
+func (d *Detector) Apply(state lb.State, now time.Time) lb.State {
+	if _, ejected := d.Next(now); !ejected {
+		return state // a pass over every frontend only while one is ejected
+	}
 	out := lb.State{Services: slices.Clone(state.Services)}
-	for i, s := range out.Services {
-		if len(s.Backends) == 0 || !enabled(s.Name) {
+	for i := range out.Services {
+		s := &out.Services[i]
+		if len(s.Backends) == 0 || !d.Enabled(s) {
 			continue
 		}
 		var gone []lb.Backend
 		for _, b := range s.Backends {
-			if _, ok := d.EjectedUntil(Key{s.Name, b}, now); ok {
+			if _, ok := d.EjectedUntil(b, now); ok {
 				gone = append(gone, b)
 			}
 		}
@@ -123,11 +132,17 @@ func (d *Detector) Apply(state lb.State, now time.Time, enabled func(types.Names
 			continue
 		}
 		slices.SortStableFunc(gone, func(a, b lb.Backend) int {
-			return d.entries[Key{s.Name, a}].at.Compare(d.entries[Key{s.Name, b}].at)
+			return d.entries[a].At.Compare(d.entries[b].At)
 		})
 		gone = gone[:min(len(gone), allowed(d.cfg.MaxShare, len(s.Backends)))]
-		out.Services[i].Backends = slices.DeleteFunc(slices.Clone(s.Backends), func(b lb.Backend) bool {
-			return slices.Contains(gone, b)
+		if len(gone) == 0 {
+			continue
+		}
+		slices.SortFunc(gone, lb.Backend.Compare)
+		s.Ejected = gone
+		s.Backends = slices.DeleteFunc(slices.Clone(s.Backends), func(b lb.Backend) bool {
+			_, found := slices.BinarySearchFunc(gone, b, lb.Backend.Compare)
+			return found
 		})
 	}
 	return out
@@ -138,8 +153,8 @@ func (d *Detector) Apply(state lb.State, now time.Time, enabled func(types.Names
 func (d *Detector) Next(now time.Time) (time.Time, bool) {
 	var next time.Time
 	for _, e := range d.entries {
-		if e.until.After(now) && (next.IsZero() || e.until.Before(next)) {
-			next = e.until
+		if e.Until.After(now) && (next.IsZero() || e.Until.Before(next)) {
+			next = e.Until
 		}
 	}
 	return next, !next.IsZero()
@@ -147,24 +162,54 @@ func (d *Detector) Next(now time.Time) (time.Time, bool) {
 
 // Forget drops what is known of backends that are not ejected and either
 // have been back for MaxEjection (their multiplier starts again) or are
-// no longer in their Service (present reports which are).
-func (d *Detector) Forget(now time.Time, present func(Key) bool) {
-	for k, e := range d.entries {
-		if e.until.After(now) && present(k) {
-			continue
-		}
-		if !present(k) || now.Sub(e.until) >= d.cfg.MaxEjection {
-			delete(d.entries, k)
+// no longer a member of any frontend (present reports which are). It
+// returns the backends it dropped.
+func (d *Detector) Forget(now time.Time, present func(lb.Backend) bool) []lb.Backend {
+	var dropped []lb.Backend
+	for b, e := range d.entries {
+		if !present(b) || (!e.Until.After(now) && now.Sub(e.Until) >= d.cfg.MaxEjection) {
+			delete(d.entries, b)
+			dropped = append(dropped, b)
 		}
 	}
+	return dropped
+}
+
+// Entries returns a copy of what the Detector knows, to keep across a
+// restart of the agent (Restore takes it back).
+func (d *Detector) Entries() map[lb.Backend]Entry {
+	out := make(map[lb.Backend]Entry, len(d.entries))
+	for b, e := range d.entries {
+		out[b] = *e
+	}
+	return out
+}
+
+// Len is how many backends the Detector knows of, ejected or not.
+func (d *Detector) Len() int { return len(d.entries) }
+
+// Entry returns what the Detector knows of b.
+func (d *Detector) Entry(b lb.Backend) (Entry, bool) {
+	if e := d.entries[b]; e != nil {
+		return *e, true
+	}
+	return Entry{}, false
+}
+
+// Restore sets what is known of b, as Entries returned it before.
+func (d *Detector) Restore(b lb.Backend, e Entry) {
+	if e.Ejections < 1 {
+		return
+	}
+	d.entries[b] = &e
 }
 
 // Ejected returns the backends ejected at now with their end times.
-func (d *Detector) Ejected(now time.Time) map[Key]time.Time {
-	out := map[Key]time.Time{}
-	for k, e := range d.entries {
-		if e.until.After(now) {
-			out[k] = e.until
+func (d *Detector) Ejected(now time.Time) map[lb.Backend]time.Time {
+	out := map[lb.Backend]time.Time{}
+	for b, e := range d.entries {
+		if e.Until.After(now) {
+			out[b] = e.Until
 		}
 	}
 	return out

@@ -24,17 +24,15 @@ func backends(n int) []lb.Backend {
 }
 
 func state(bs []lb.Backend) lb.State {
-	return lb.State{Services: []lb.Service{{Name: svc, Backends: bs,
+	return lb.State{Services: []lb.Service{{Name: svc, Backends: bs, OutlierDetection: true,
 		Frontend: lb.Frontend{Addr: netip.MustParseAddr("198.19.0.10"), Port: 80, Proto: lb.TCP}}}}
 }
-
-func on(types.NamespacedName) bool { return true }
 
 func TestEjectionTimeGrowsAndIsCapped(t *testing.T) {
 	cfg := Config{BaseEjection: 30 * time.Second, MaxEjection: 100 * time.Second, MaxShare: 0.5}
 	d := New(cfg)
 	bs := backends(3)
-	k := Key{svc, bs[0]}
+	k := bs[0]
 	now := t0
 	for i, want := range []time.Duration{30 * time.Second, 60 * time.Second, 90 * time.Second, 100 * time.Second, 100 * time.Second} {
 		until, ok := d.Failed(k, bs, now)
@@ -59,14 +57,14 @@ func TestMaxShare(t *testing.T) {
 		bs := backends(tc.n)
 		got := 0
 		for _, b := range bs {
-			if _, ok := d.Failed(Key{svc, b}, bs, t0); ok {
+			if _, ok := d.Failed(b, bs, t0); ok {
 				got++
 			}
 		}
 		if got != tc.want {
 			t.Errorf("%d backends, max %d%%: %d ejected, want %d", tc.n, tc.share100, got, tc.want)
 		}
-		if left := d.Apply(state(bs), t0, on).Services[0].Backends; len(left) != tc.n-tc.want {
+		if left := d.Apply(state(bs), t0).Services[0].Backends; len(left) != tc.n-tc.want {
 			t.Errorf("%d backends, max %d%%: %d left after Apply, want %d", tc.n, tc.share100, len(left), tc.n-tc.want)
 		}
 	}
@@ -76,24 +74,34 @@ func TestApplyLeavesOutEjectedUntilTheyReturn(t *testing.T) {
 	d := New(DefaultConfig)
 	bs := backends(3)
 	in := state(bs)
-	until, ok := d.Failed(Key{svc, bs[1]}, bs, t0)
+	until, ok := d.Failed(bs[1], bs, t0)
 	if !ok {
 		t.Fatal("not ejected")
 	}
-	got := d.Apply(in, t0.Add(time.Second), on).Services[0].Backends
+	got := d.Apply(in, t0.Add(time.Second)).Services[0].Backends
 	if len(got) != 2 || got[0] != bs[0] || got[1] != bs[2] {
 		t.Errorf("after the ejection: %v, want %v and %v", got, bs[0], bs[2])
 	}
 	if len(in.Services[0].Backends) != 3 {
 		t.Errorf("Apply changed its input: %v", in.Services[0].Backends)
 	}
-	if off := d.Apply(in, t0, func(types.NamespacedName) bool { return false }).Services[0].Backends; len(off) != 3 {
+	if ej := d.Apply(in, t0.Add(time.Second)).Services[0].Ejected; len(ej) != 1 || ej[0] != bs[1] {
+		t.Errorf("Ejected = %v, want %v", ej, bs[1])
+	}
+	offIn := state(bs)
+	offIn.Services[0].OutlierDetection = false
+	if off := d.Apply(offIn, t0).Services[0].Backends; len(off) != 3 {
 		t.Errorf("with ejection off for the Service: %v, want all 3", off)
+	}
+	udp := state(bs)
+	udp.Services[0].Frontend.Proto = lb.UDP
+	if u := d.Apply(udp, t0).Services[0].Backends; len(u) != 3 {
+		t.Errorf("a UDP frontend: %v, want all 3 (failures are learnt from TCP)", u)
 	}
 	if next, ok := d.Next(t0); !ok || !next.Equal(until) {
 		t.Errorf("Next = %v %v, want %v", next, ok, until)
 	}
-	if back := d.Apply(in, until, on).Services[0].Backends; len(back) != 3 {
+	if back := d.Apply(in, until).Services[0].Backends; len(back) != 3 {
 		t.Errorf("at the ejection's end: %v, want all 3", back)
 	}
 	if _, ok := d.Next(until); ok {
@@ -106,9 +114,9 @@ func TestApplyLeavesOutEjectedUntilTheyReturn(t *testing.T) {
 func TestApplyHoldsTheShareWhenTheSetShrinks(t *testing.T) {
 	d := New(DefaultConfig)
 	bs := backends(4)
-	d.Failed(Key{svc, bs[2]}, bs, t0)
-	d.Failed(Key{svc, bs[0]}, bs, t0.Add(time.Second))
-	got := d.Apply(state(bs[:3]), t0.Add(2*time.Second), on).Services[0].Backends
+	d.Failed(bs[2], bs, t0)
+	d.Failed(bs[0], bs, t0.Add(time.Second))
+	got := d.Apply(state(bs[:3]), t0.Add(2*time.Second)).Services[0].Backends
 	if len(got) != 2 || got[0] != bs[0] || got[1] != bs[1] {
 		t.Errorf("3 backends left, 2 ejected: %v, want %v and %v (the earliest ejection kept)", got, bs[0], bs[1])
 	}
@@ -117,7 +125,7 @@ func TestApplyHoldsTheShareWhenTheSetShrinks(t *testing.T) {
 func TestFailedIgnoresNonMembers(t *testing.T) {
 	d := New(DefaultConfig)
 	bs := backends(3)
-	if _, ok := d.Failed(Key{svc, backends(4)[3]}, bs, t0); ok {
+	if _, ok := d.Failed(backends(4)[3], bs, t0); ok {
 		t.Error("a backend that is not a member was ejected")
 	}
 }
@@ -125,9 +133,9 @@ func TestFailedIgnoresNonMembers(t *testing.T) {
 func TestForget(t *testing.T) {
 	d := New(Config{BaseEjection: time.Second, MaxEjection: 10 * time.Second, MaxShare: 0.5})
 	bs := backends(3)
-	k := Key{svc, bs[0]}
+	k := bs[0]
 	until, _ := d.Failed(k, bs, t0)
-	all := func(Key) bool { return true }
+	all := func(lb.Backend) bool { return true }
 	d.Forget(until.Add(9*time.Second), all)
 	if until2, _ := d.Failed(k, bs, until.Add(9*time.Second)); until2.Sub(until.Add(9*time.Second)) != 2*time.Second {
 		t.Errorf("second ejection lasts %v, want 2s", until2.Sub(until.Add(9*time.Second)))
@@ -137,8 +145,25 @@ func TestForget(t *testing.T) {
 		t.Errorf("after MaxEjection back, the ejection lasts %v, want the base 1s", u.Sub(t0.Add(time.Hour)))
 	}
 	// A backend that left its Service is forgotten, ejected or not.
-	d.Forget(t0.Add(time.Hour), func(Key) bool { return false })
+	d.Forget(t0.Add(time.Hour), func(lb.Backend) bool { return false })
 	if len(d.Ejected(t0.Add(time.Hour))) != 0 {
 		t.Error("a backend that left its Service is still ejected")
+	}
+}
+
+func TestEntriesRestore(t *testing.T) {
+	d := New(DefaultConfig)
+	bs := backends(3)
+	until, _ := d.Failed(bs[0], bs, t0)
+	e := New(DefaultConfig)
+	for b, en := range d.Entries() {
+		e.Restore(b, en)
+	}
+	if u, ok := e.EjectedUntil(bs[0], t0); !ok || !u.Equal(until) {
+		t.Fatalf("restored: %v %v, want %v", u, ok, until)
+	}
+	// The multiplier came along: the next ejection lasts twice as long.
+	if u, _ := e.Failed(bs[0], bs, until); u.Sub(until) != 60*time.Second {
+		t.Errorf("second ejection after restore lasts %v, want 60s", u.Sub(until))
 	}
 }

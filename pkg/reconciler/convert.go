@@ -30,6 +30,9 @@ func toMaps(s lb.Service) (desiredService, bool) {
 		}
 		d.backends = append(d.backends, maps.Backend{Addr: a, Port: b.Port, Proto: uint8(s.Frontend.Proto)})
 	}
+	for _, b := range s.Ejected {
+		d.ejected = append(d.ejected, maps.Backend{Addr: b.Addr.Unmap(), Port: b.Port, Proto: uint8(s.Frontend.Proto)})
+	}
 	return d, true
 }
 
@@ -40,6 +43,12 @@ func flagsOf(s lb.Service) uint16 {
 	}
 	if s.TrafficLocal {
 		f |= maps.FlagLocal
+	}
+	if s.Policy == lb.PolicyLeastConnections {
+		f |= maps.FlagLeastConn
+	}
+	if s.OutlierDetection {
+		f |= maps.FlagOutlier
 	}
 	switch s.Kind {
 	case lb.KindNodePort:

@@ -45,7 +45,7 @@ type Reconciler struct {
 	services map[maps.Frontend]written
 	backends map[maps.Backend]maps.BackendID
 	ids      map[maps.BackendID]maps.Backend
-	revNATs  map[maps.RevNATID]bool
+	revNATs  map[maps.RevNATID]maps.Frontend // the frontend of each id
 	// refs counts the frontends in services that list each backend, so
 	// that a sync finds the backends it may delete without a pass over
 	// every frontend. unused holds those whose count may have fallen to 0.
@@ -164,7 +164,7 @@ func (r *Reconciler) restore() (Drift, error) {
 	r.services = make(map[maps.Frontend]written, len(svcs))
 	r.backends = make(map[maps.Backend]maps.BackendID, len(bes))
 	r.ids = make(map[maps.BackendID]maps.Backend, len(bes))
-	r.revNATs = make(map[maps.RevNATID]bool, len(svcs))
+	r.revNATs = make(map[maps.RevNATID]maps.Frontend, len(svcs))
 	r.refs = make(map[maps.BackendID]int, len(bes))
 	r.unused = make(map[maps.BackendID]bool)
 	r.served = make(map[string]int)
@@ -188,7 +188,7 @@ func (r *Reconciler) restore() (Drift, error) {
 			}
 		}
 		r.services[s.Frontend] = w
-		r.revNATs[s.RevNATID] = true
+		r.revNATs[s.RevNATID] = s.Frontend
 		r.nextRevNAT = max(r.nextRevNAT, s.RevNATID)
 		r.ref(s.Backends)
 		r.account(w, 1)
@@ -265,6 +265,9 @@ type desiredService struct {
 	flags    uint16
 	affinity uint32 // seconds
 	backends []maps.Backend
+	// ejected are members that outlier ejection keeps out of backends:
+	// leaving backends for that is not a departure.
+	ejected []maps.Backend
 }
 
 // appliedService is a desired Service as Apply last handled it.
@@ -413,7 +416,8 @@ func (r *Reconciler) unref(ids []maps.BackendID) {
 func sameService(a, b *lb.Service) bool {
 	return a.Frontend == b.Frontend && a.Kind == b.Kind && a.Name == b.Name && a.PortName == b.PortName &&
 		a.TrafficLocal == b.TrafficLocal && a.ExternalLocal == b.ExternalLocal &&
-		a.AffinityTimeout == b.AffinityTimeout && sameBackends(a.Backends, b.Backends)
+		a.AffinityTimeout == b.AffinityTimeout && a.Policy == b.Policy && a.OutlierDetection == b.OutlierDetection &&
+		sameBackends(a.Backends, b.Backends) && slices.Equal(a.Ejected, b.Ejected)
 }
 
 // sameBackends is slices.Equal with a shortcut for the common case: the
@@ -497,7 +501,7 @@ func (r *Reconciler) allocBackend() (maps.BackendID, error) {
 func (r *Reconciler) allocRevNAT() (maps.RevNATID, error) {
 	for range 1 << 20 {
 		r.nextRevNAT++
-		if r.nextRevNAT != 0 && !r.revNATs[r.nextRevNAT] {
+		if _, used := r.revNATs[r.nextRevNAT]; r.nextRevNAT != 0 && !used {
 			return r.nextRevNAT, nil
 		}
 	}

@@ -482,7 +482,13 @@ func TestSameServiceSeesEveryField(t *testing.T) {
 		case *string:
 			*f += "x"
 		case *[]lb.Backend:
-			(*f)[0].Port++
+			if len(*f) == 0 {
+				*f = []lb.Backend{{Addr: netip.MustParseAddr("198.18.0.9"), Port: 80}}
+			} else {
+				(*f)[0].Port++
+			}
+		case *lb.Policy:
+			*f = lb.PolicyLeastConnections
 		case *bool:
 			*f = !*f
 		case *time.Duration:
@@ -528,5 +534,41 @@ func TestDeparturesOfALargeService(t *testing.T) {
 	got := departures(7, before, after)
 	if len(got) != 10 || got[0] != (maps.Departure{RevNATID: 7, Backend: 1}) || got[9].Backend != 91 {
 		t.Errorf("departures = %v, want backends 1, 11, ..., 91", got)
+	}
+}
+
+// TestEjectedBackendsDoNotDepart: a backend that outlier ejection leaves
+// out is still a member; its sockets are not stale, so it is no departure,
+// and the frontend is written without it; a backend that really leaves
+// still departs. The flag of least-connections reaches the kernel.
+func TestEjectedBackendsDoNotDepart(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, nil)
+	all := svc("198.19.0.1", 80, lb.TCP, "web", "198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80")
+	all.Policy = lb.PolicyLeastConnections
+	if _, err := r.Apply(state(all)); err != nil {
+		t.Fatal(err)
+	}
+	ejected := all
+	ejected.Backends = slices.Clone(all.Backends[1:])
+	ejected.Ejected = all.Backends[:1]
+	st, err := r.Apply(state(ejected))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Departed) != 0 {
+		t.Errorf("ejecting a backend reported departures %v", st.Departed)
+	}
+	svcs, err := f.Services()
+	if err != nil || len(svcs) != 1 || len(svcs[0].Backends) != 2 {
+		t.Fatalf("kernel after the ejection: %+v, %v; want 2 backends", svcs, err)
+	}
+	if svcs[0].Flags&maps.FlagLeastConn == 0 {
+		t.Errorf("flags %#x lack FlagLeastConn", svcs[0].Flags)
+	}
+	gone := ejected
+	gone.Backends = slices.Clone(all.Backends[2:])
+	if st, err := r.Apply(state(gone)); err != nil || len(st.Departed) != 1 {
+		t.Errorf("a backend leaving while another is ejected: departed %v, %v; want 1", st.Departed, err)
 	}
 }

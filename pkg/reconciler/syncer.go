@@ -51,6 +51,11 @@ type SyncerOptions struct {
 	Node lb.NodeInfo
 	// ServiceSelector limits which Services are handled; nil = all.
 	ServiceSelector labels.Selector
+	// Adjuster, if set, adjusts each computed state before it is
+	// written (outlier ejection).
+	Adjuster Adjuster
+	// Defaults are what Services without annotations get.
+	Defaults lb.Defaults
 }
 
 // Syncer runs the reconciler whenever a source changes, never before every
@@ -74,9 +79,15 @@ type Syncer struct {
 
 	lastWarnings []lb.Warning
 	lastOver     []OverCapacity
+	// wake triggers the sync at which the Adjuster asked to be redone.
+	wake *time.Timer
 }
 
-const syncKey = "sync"
+const (
+	syncKey = "sync"
+	// urgentKey is a sync that skips the rate limit (TriggerNow).
+	urgentKey = "urgent"
+)
 
 // NewSyncer returns a Syncer; call Run to start it.
 func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.Logger) *Syncer {
@@ -117,6 +128,14 @@ func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.
 // slots.
 func (s *Syncer) Trigger() {
 	s.queue.Add(syncKey)
+}
+
+// TriggerNow asks for a sync that does not wait for the rate limit: an
+// outlier ejection must reach the kernel within 100 ms of the failure
+// that decided it, whatever --min-sync says. Ejections are rare (a
+// backend at most once per ejection time), so they cannot flood it.
+func (s *Syncer) TriggerNow() {
+	s.queue.Add(urgentKey)
 }
 
 // HasSynced is true once the maps hold a full sync of every source.
@@ -167,9 +186,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 		}
 		// Changes that arrive while we wait join this sync (the queue
 		// holds the key once).
-		if err := s.limiter.Wait(ctx); err != nil {
-			s.queue.Done(key)
-			return nil
+		if key != urgentKey {
+			if err := s.limiter.Wait(ctx); err != nil {
+				s.queue.Done(key)
+				return nil
+			}
 		}
 		err := s.syncOnce()
 		if err != nil {
@@ -192,7 +213,7 @@ func (s *Syncer) syncOnce() error {
 			return nil
 		}
 	}
-	in := lb.Input{Node: s.opts.Node, ServiceSelector: s.opts.ServiceSelector}
+	in := lb.Input{Node: s.opts.Node, ServiceSelector: s.opts.ServiceSelector, Defaults: s.opts.Defaults}
 	for _, src := range s.sources {
 		i := src.Input()
 		in.Services = append(in.Services, i.Services...)
@@ -220,7 +241,15 @@ func (s *Syncer) syncOnce() error {
 		}
 		s.lastWarnings = warnings
 	}
+	if s.opts.Adjuster != nil {
+		var next time.Time
+		state, next = s.opts.Adjuster.Adjust(state, s.rec, time.Now())
+		s.wakeAt(next)
+	}
 	st, err := s.rec.Apply(state)
+	if s.opts.Adjuster != nil {
+		s.opts.Adjuster.Applied(err)
+	}
 	if s.opts.OnSync != nil {
 		s.opts.OnSync(time.Since(start), st, err)
 	}
@@ -278,4 +307,16 @@ func (s *Syncer) reportOverCapacity(over []OverCapacity) {
 	}
 	s.log.Error("the BPF maps are full: frontends not programmed (raise --service-map-entries or --backend-map-entries)",
 		"frontends", len(over), "kept_older_version", stale, "first", names)
+}
+
+// wakeAt arranges a sync at t (none when t is zero), replacing the one
+// arranged before.
+func (s *Syncer) wakeAt(t time.Time) {
+	if s.wake != nil {
+		s.wake.Stop()
+	}
+	if t.IsZero() {
+		return
+	}
+	s.wake = time.AfterFunc(time.Until(t), s.TriggerNow)
 }

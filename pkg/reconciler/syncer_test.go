@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/socklb/socklb/pkg/lb"
@@ -146,4 +147,66 @@ func TestSyncerBurstOfTriggersSyncsPromptly(t *testing.T) {
 	if n := syncs.Load(); n > 6 {
 		t.Errorf("%d syncs for one burst of triggers", n)
 	}
+}
+
+// adjustFunc is an Adjuster from a function.
+type adjustFunc func(lb.State, IDs, time.Time) (lb.State, time.Time)
+
+func (f adjustFunc) Adjust(s lb.State, ids IDs, now time.Time) (lb.State, time.Time) {
+	return f(s, ids, now)
+}
+
+func (adjustFunc) Applied(error) {}
+
+// TestSyncerAdjustsAndWakes: the Adjuster's state is what is written, the
+// ids it gets resolve what was written, and the sync it asks for at a
+// time comes by itself, however long the rate limit.
+func TestSyncerAdjustsAndWakes(t *testing.T) {
+	f := maps.NewFake()
+	in := oneService()
+	in.EndpointSlices = []*discoveryv1.EndpointSlice{sliceOf("web-a", "198.18.0.1", "198.18.0.2")}
+	src := &fakeSource{}
+	src.set(in, true)
+	var calls atomic.Int32
+	var sawFrontend atomic.Bool
+	adjust := adjustFunc(func(s lb.State, ids IDs, now time.Time) (lb.State, time.Time) {
+		n := calls.Add(1)
+		if _, ok := ids.FrontendOf(1); ok {
+			sawFrontend.Store(true)
+		}
+		out := lb.State{Services: append([]lb.Service(nil), s.Services...)}
+		if n == 1 {
+			// Leave the first backend out until a moment from now.
+			out.Services[0].Ejected = out.Services[0].Backends[:1]
+			out.Services[0].Backends = out.Services[0].Backends[1:]
+			return out, now.Add(50 * time.Millisecond)
+		}
+		return out, time.Time{}
+	})
+	// The maps are read on the syncer's goroutine, after each sync.
+	written := make([]atomic.Int32, 8)
+	onSync := func(time.Duration, Stats, error) {
+		n := calls.Load()
+		if svcs, err := f.Services(); err == nil && len(svcs) == 1 && n < int32(len(written)) {
+			written[n].Store(int32(len(svcs[0].Backends)))
+		}
+	}
+	s := NewSyncer(New(f, nil), []Source{src}, SyncerOptions{MinInterval: time.Hour, Burst: 1, Adjuster: adjust, OnSync: onSync}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "first sync", s.HasSynced)
+	if n := written[1].Load(); n != 1 {
+		t.Fatalf("after the adjusted sync the frontend has %d backends, want 1", n)
+	}
+	// The rate limit is an hour; only the wake-up can bring the second sync.
+	waitFor(t, "the sync the Adjuster asked for, with both backends back", func() bool { return written[2].Load() == 2 })
+	if !sawFrontend.Load() {
+		t.Error("the Adjuster's ids never resolved the written frontend")
+	}
+	// TriggerNow skips the hour-long limit too.
+	before := calls.Load()
+	s.TriggerNow()
+	waitFor(t, "TriggerNow's sync", func() bool { return calls.Load() > before })
 }

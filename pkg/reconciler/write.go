@@ -3,6 +3,7 @@ package reconciler
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/socklb/socklb/pkg/maps"
@@ -114,14 +115,18 @@ func (r *Reconciler) publish(d desiredService, st *Stats) error {
 	}
 	w := written{revNAT: revNAT, name: d.name, service: d.service, flags: d.flags, affinity: d.affinity, backends: ids}
 	if exists {
-		st.Departed = append(st.Departed, departures(revNAT, old.backends, ids)...)
+		for _, dep := range departures(revNAT, old.backends, ids) {
+			if !slices.Contains(d.ejected, r.ids[dep.Backend]) {
+				st.Departed = append(st.Departed, dep)
+			}
+		}
 		r.account(old, -1)
 	}
 	r.ref(ids)
 	r.unref(old.backends)
 	r.account(w, 1)
 	r.services[d.fe] = w
-	r.revNATs[revNAT] = true
+	r.revNATs[revNAT] = d.fe
 	st.Published++
 	r.log.Debug("published", "frontend", d.fe, "service", d.name, "backends", len(ids))
 	return nil

@@ -32,18 +32,6 @@ func main() {
 	}
 }
 
-type cleanups []func() error
-
-func (c *cleanups) add(f func() error) { *c = append(*c, f) }
-
-func (c cleanups) run() error {
-	var errs []error
-	for _, f := range slices.Backward(c) {
-		errs = append(errs, f())
-	}
-	return errors.Join(errs...)
-}
-
 func run() (err error) {
 	agentBin := flag.String("agent", "bin/socklb-agent", "agent binary")
 	services := flag.String("services", "examples/demo.yaml", "services file")
@@ -61,10 +49,10 @@ func run() (err error) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	var undo cleanups
+	var undo sandbox.Undo
 	defer func() {
 		step("Cleaning up: agent cleanup, cgroup, netns, bpffs")
-		err = errors.Join(err, undo.run())
+		err = errors.Join(err, undo.Run())
 		if err == nil {
 			fmt.Println("done: nothing left behind")
 		}
@@ -75,17 +63,17 @@ func run() (err error) {
 	if err != nil {
 		return err
 	}
-	undo.add(rm)
+	undo.Add(rm)
 	cg, rm, err := sandbox.CreateCgroup("socklb-demo-")
 	if err != nil {
 		return err
 	}
-	undo.add(rm)
+	undo.Add(rm)
 	fs, rm, err := sandbox.CreateBPFFS("socklb-demo-bpffs-")
 	if err != nil {
 		return err
 	}
-	undo.add(rm)
+	undo.Add(rm)
 	bpffs := filepath.Join(fs, "socklb")
 	fmt.Printf("  netns %s, cgroup %s, bpffs %s\n", ns.Path(), cg.Path(), bpffs)
 
@@ -99,12 +87,12 @@ func run() (err error) {
 		if err != nil {
 			return err
 		}
-		undo.add(rm)
+		undo.Add(rm)
 		fmt.Printf("  %-17s %s:8080\n", name, addr)
 	}
 
 	agentArgs := []string{"--bpffs-path=" + bpffs, "--cgroup-path=" + cg.Path()}
-	undo.add(func() error {
+	undo.Add(func() error {
 		out, err := exec.Command(*agentBin, append([]string{"cleanup"}, agentArgs...)...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("agent cleanup: %w\n%s", err, out)
@@ -116,7 +104,7 @@ func run() (err error) {
 	if err != nil {
 		return err
 	}
-	undo.add(stopAgent)
+	undo.Add(stopAgent)
 	if err := waitFor(ctx, logs, "maps synced"); err != nil {
 		return err
 	}
@@ -126,7 +114,7 @@ func run() (err error) {
 	if err != nil {
 		return err
 	}
-	undo.add(restore)
+	undo.Add(restore)
 
 	step(fmt.Sprintf("Connecting %d times to the ClusterIP 198.19.0.10:80 (Service demo/web)", *connects))
 	counts := map[string]int{}

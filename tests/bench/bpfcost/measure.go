@@ -91,25 +91,12 @@ type world struct {
 	services int // Services in the maps so far
 }
 
-// cleanups run in reverse order; their errors are joined.
-type cleanups []func() error
-
-func (c *cleanups) add(f func() error) { *c = append(*c, f) }
-
-func (c cleanups) run() error {
-	var errs []error
-	for i := len(c) - 1; i >= 0; i-- {
-		errs = append(errs, c[i]())
-	}
-	return errors.Join(errs...)
-}
-
 func measure(ctx context.Context, c config) (_ *results, err error) {
 	if err := sandbox.CheckPrivileges(); err != nil {
 		return nil, err
 	}
-	var undo cleanups
-	defer func() { err = errors.Join(err, undo.run()) }()
+	var undo sandbox.Undo
+	defer func() { err = errors.Join(err, undo.Run()) }()
 
 	largest := c.sizes[len(c.sizes)-1]
 	res := &results{
@@ -128,7 +115,7 @@ func measure(ctx context.Context, c config) (_ *results, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("enable BPF run-time statistics: %w", err)
 	}
-	undo.add(stats.Close)
+	undo.Add(stats.Close)
 
 	ran := map[string]bool{}
 	for _, n := range c.sizes {
@@ -173,24 +160,24 @@ func measure(ctx context.Context, c config) (_ *results, err error) {
 }
 
 // setup builds the namespace, cgroup, bpffs, programs and backends.
-func (w *world) setup(undo *cleanups, res *results) error {
+func (w *world) setup(undo *sandbox.Undo, res *results) error {
 	ns, rmNS, err := sandbox.CreateNetns("socklb-bpfcost-")
 	if err != nil {
 		return err
 	}
-	undo.add(rmNS)
+	undo.Add(rmNS)
 	w.ns = ns
 	cg, rmCg, err := sandbox.CreateCgroup("socklb-bpfcost-")
 	if err != nil {
 		return err
 	}
-	undo.add(rmCg)
+	undo.Add(rmCg)
 	w.cgroup = cg.Path()
 	fs, rmFS, err := sandbox.CreateBPFFS("socklb-bpfcost-bpffs-")
 	if err != nil {
 		return err
 	}
-	undo.add(rmFS)
+	undo.Add(rmFS)
 	w.pins = filepath.Join(fs, "socklb")
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -201,7 +188,7 @@ func (w *world) setup(undo *cleanups, res *results) error {
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
-	undo.add(func() error { return errors.Join(dp.Close(), loader.Cleanup(w.pins, nil)) })
+	undo.Add(func() error { return errors.Join(dp.Close(), loader.Cleanup(w.pins, nil)) })
 	w.dp = dp
 	w.maps = lbmaps.New(&dp.Maps)
 	if err := w.loadHooks(undo, res); err != nil {
@@ -214,7 +201,7 @@ func (w *world) setup(undo *cleanups, res *results) error {
 		if err != nil {
 			return err
 		}
-		undo.add(func() error {
+		undo.Add(func() error {
 			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 				return err
 			}
@@ -236,12 +223,12 @@ func (w *world) setup(undo *cleanups, res *results) error {
 	if err != nil {
 		return err
 	}
-	undo.add(restore)
+	undo.Add(restore)
 	return nil
 }
 
 // loadHooks opens the pinned links and loads every variant's programs.
-func (w *world) loadHooks(undo *cleanups, res *results) error {
+func (w *world) loadHooks(undo *sandbox.Undo, res *results) error {
 	spec, err := socklb.LoadBpf()
 	if err != nil {
 		return err
@@ -259,7 +246,7 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 		if err != nil {
 			return fmt.Errorf("open the link of %s: %w", name, err)
 		}
-		undo.add(l.Close)
+		undo.Add(l.Close)
 		h := &hook{name: name, section: ps.SectionName, attach: ps.AttachType, pinned: true, link: l, progs: map[string]*ebpf.Program{}}
 		w.hooks = append(w.hooks, h)
 
@@ -271,7 +258,7 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 		if err != nil {
 			return fmt.Errorf("open program %s: %w", name, err)
 		}
-		undo.add(p.Close)
+		undo.Add(p.Close)
 		h.progs[committed] = p
 		h.progs[miss] = p
 
@@ -282,7 +269,7 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 		if err != nil {
 			return fmt.Errorf("load the empty %s: %w", name, err)
 		}
-		undo.add(p.Close)
+		undo.Add(p.Close)
 		h.progs[floor] = p
 	}
 
@@ -312,7 +299,7 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 		if err != nil {
 			return fmt.Errorf("variant %s: %w", v.name, err)
 		}
-		undo.add(func() error { coll.Close(); return nil })
+		undo.Add(func() error { coll.Close(); return nil })
 		for _, h := range w.hooks {
 			if h.pinned && coll.Programs[h.name] == nil {
 				return fmt.Errorf("variant %s has no program %s", v.name, h.name)
@@ -328,7 +315,7 @@ func (w *world) loadHooks(undo *cleanups, res *results) error {
 			w.hooks[i].progs[v.name] = coll.Programs[name]
 		}
 	}
-	undo.add(func() error {
+	undo.Add(func() error {
 		var errs []error
 		for _, h := range w.hooks {
 			if !h.pinned && h.link != nil {

@@ -262,6 +262,9 @@ type inspectRow struct {
 	Affinity uint32            `json:"affinitySeconds"`
 	Local    bool              `json:"local"`
 	Backends []json.RawMessage `json:"backends"`
+	Policy   string            `json:"policy"`
+	// OutlierDetection is the kernel's flag for it.
+	OutlierDetection bool `json:"outlierDetection"`
 }
 
 // inspect runs n's `agent inspect --json`.

@@ -224,7 +224,8 @@ func (e *nodeEnv) checkAttachment(t *testing.T) {
 // socklbHooks are the attach types of socklb's programs, sorted.
 func socklbHooks() []string {
 	h := []string{"cgroup_inet4_connect", "cgroup_inet6_connect", "cgroup_udp4_sendmsg", "cgroup_udp6_sendmsg",
-		"cgroup_udp4_recvmsg", "cgroup_udp6_recvmsg", "cgroup_inet4_getpeername", "cgroup_inet6_getpeername"}
+		"cgroup_udp4_recvmsg", "cgroup_udp6_recvmsg", "cgroup_inet4_getpeername", "cgroup_inet6_getpeername",
+		"cgroup_sock_ops"}
 	slices.Sort(h)
 	return h
 }
