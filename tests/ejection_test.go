@@ -276,6 +276,18 @@ func TestPrivilegedOutlierEjectsAKilledBackend(t *testing.T) {
 	if n := a.metric(t, `socklb_outlier_ejections_total{backend="198.18.0.2:8080",namespace="test",service="web"}`); n != 2 {
 		t.Errorf("socklb_outlier_ejections_total = %v, want 2", n)
 	}
+	if n := a.metric(t, `socklb_backend_failed_connects_total{backend="198.18.0.2:8080"}`); n < 6 {
+		t.Errorf("socklb_backend_failed_connects_total = %v, want at least the 6 refused connects", n)
+	}
+	if n := a.metric(t, `socklb_outlier_ejected_backends{namespace="test",service="web"}`); n != 1 {
+		t.Errorf("socklb_outlier_ejected_backends = %v, want 1", n)
+	}
+	if n := a.metric(t, `socklb_backend_established_connects_total{backend="198.18.0.1:8080"}`); n < 100 {
+		t.Errorf("socklb_backend_established_connects_total of pod-1 = %v, want its share of the connects", n)
+	}
+	if n := a.metric(t, `socklb_backend_open_connections{backend="198.18.0.1:8080"}`); n != 0 {
+		t.Errorf("socklb_backend_open_connections of pod-1 = %v, want 0 with no connection open", n)
+	}
 }
 
 // TestPrivilegedOutlierEjectsABlackholedBackend: a backend that drops

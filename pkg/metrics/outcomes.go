@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"log/slog"
+	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
@@ -93,7 +94,8 @@ func (o *Outcomes) Collect(ch chan<- prometheus.Metric) {
 		if !ok {
 			continue // deleted since: its series ends
 		}
-		name := b.String()
+		// As the ejection counter names it: outcomes are TCP only.
+		name := netip.AddrPortFrom(b.Addr, b.Port).String()
 		ch <- prometheus.MustNewConstMetric(o.open, prometheus.GaugeValue, float64(max(st.Open, 0)), name)
 		ch <- prometheus.MustNewConstMetric(o.established, prometheus.CounterValue, float64(st.Established), name)
 		ch <- prometheus.MustNewConstMetric(o.failed, prometheus.CounterValue, float64(st.Failed), name)

@@ -297,5 +297,13 @@ func unchanged(w written, d *desiredService, backends map[maps.Backend]maps.Back
 			return false
 		}
 	}
-	return true
+	// The members held out for ejection are bookkeeping only, but a
+	// change of them is written too (publish keeps them referenced).
+	var held []maps.BackendID
+	for _, b := range d.ejected {
+		if id, ok := backends[b]; ok {
+			held = append(held, id)
+		}
+	}
+	return slices.Equal(held, w.held)
 }

@@ -30,6 +30,9 @@ type written struct {
 	flags    uint16
 	affinity uint32
 	backends []maps.BackendID
+	// held are members that outlier ejection keeps out of backends:
+	// referenced, so that they stay in the backend map, but in no slot.
+	held []maps.BackendID
 	// damaged: the kernel holds this frontend incompletely (read back
 	// with a missing slot, member, name or counter); republish it.
 	damaged bool

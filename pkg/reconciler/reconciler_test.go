@@ -566,6 +566,27 @@ func TestEjectedBackendsDoNotDepart(t *testing.T) {
 	if svcs[0].Flags&maps.FlagLeastConn == 0 {
 		t.Errorf("flags %#x lack FlagLeastConn", svcs[0].Flags)
 	}
+	// The ejected backend stays in the backend map (its outcomes with it).
+	if bes, _ := f.Backends(); len(bes) != 3 {
+		t.Errorf("backend map after the ejection: %v, want all 3 kept", bes)
+	}
+	// Leaving the Service while ejected is a departure.
+	left := all
+	left.Backends = slices.Clone(all.Backends[1:])
+	left.Ejected = nil
+	if st, err := r.Apply(state(left)); err != nil || len(st.Departed) != 1 {
+		t.Errorf("the ejected backend leaving the Service: departed %v, %v; want 1", st.Departed, err)
+	}
+	// Its entry goes at the next sync's collection of unused backends.
+	if _, err := r.Apply(state(left)); err != nil {
+		t.Fatal(err)
+	}
+	if bes, _ := f.Backends(); len(bes) != 2 {
+		t.Errorf("backend map after it left: %v, want 2", bes)
+	}
+	if _, err := r.Apply(state(ejected)); err != nil {
+		t.Fatal(err)
+	}
 	gone := ejected
 	gone.Backends = slices.Clone(all.Backends[2:])
 	if st, err := r.Apply(state(gone)); err != nil || len(st.Departed) != 1 {

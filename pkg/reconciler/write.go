@@ -58,8 +58,9 @@ func (r *Reconciler) deleteFrontend(fe maps.Frontend, st *Stats) error {
 	if err := retry(func() error { return r.maps.DeleteService(fe) }); err != nil {
 		return fmt.Errorf("delete %s (%s): %w", fe, old.name, err)
 	}
-	st.Departed = append(st.Departed, departures(old.revNAT, old.backends, nil)...)
+	st.Departed = append(st.Departed, departures(old.revNAT, append(slices.Clone(old.backends), old.held...), nil)...)
 	r.unref(old.backends)
+	r.unref(old.held)
 	r.account(old, -1)
 	delete(r.revNATs, old.revNAT)
 	delete(r.services, fe)
@@ -113,17 +114,26 @@ func (r *Reconciler) publish(d desiredService, st *Stats) error {
 	if err != nil {
 		return fmt.Errorf("publish %s (%s): %w", d.fe, d.name, err)
 	}
-	w := written{revNAT: revNAT, name: d.name, service: d.service, flags: d.flags, affinity: d.affinity, backends: ids}
-	if exists {
-		for _, dep := range departures(revNAT, old.backends, ids) {
-			if !slices.Contains(d.ejected, r.ids[dep.Backend]) {
-				st.Departed = append(st.Departed, dep)
-			}
+	// Ejected members stay in the backend map (their connect outcomes
+	// with them) while their frontends hold them out.
+	var held []maps.BackendID
+	for _, b := range d.ejected {
+		if id, ok := r.backends[b]; ok {
+			held = append(held, id)
 		}
+	}
+	w := written{revNAT: revNAT, name: d.name, service: d.service, flags: d.flags, affinity: d.affinity, backends: ids, held: held}
+	if exists {
+		// Leaving the slots for an ejection is no departure; leaving
+		// the Service, ejected or not, is.
+		before := append(slices.Clone(old.backends), old.held...)
+		st.Departed = append(st.Departed, departures(revNAT, before, append(slices.Clone(ids), held...))...)
 		r.account(old, -1)
 	}
 	r.ref(ids)
+	r.ref(held)
 	r.unref(old.backends)
+	r.unref(old.held)
 	r.account(w, 1)
 	r.services[d.fe] = w
 	r.revNATs[revNAT] = d.fe
