@@ -181,14 +181,17 @@ func (a *httpAgent) ejectedUntil(t *testing.T, backend string) time.Time {
 // killed (its port closed, so connects to it are refused) with no change
 // to the Service. At most K = 3 connects fail; the kernel leaves it out
 // within 100 ms of the third failure; then 1 000 connects have no
-// failure. Back, it receives connects again after its 2 s ejection;
+// failure. Back, it receives connects again after its 8 s ejection;
 // killed again, it is ejected for twice as long.
 func TestPrivilegedOutlierEjectsAKilledBackend(t *testing.T) {
 	e := newAgentEnv(t, outlierYAML(3, ""))
 	testagent.StartPod(t, e.ns, "pod-1", "198.18.0.1", 8080)
 	victim := newKillablePod(t, e.ns, "pod-2", "198.18.0.2")
 	testagent.StartPod(t, e.ns, "pod-3", "198.18.0.3", 8080)
-	a := e.startHTTPAgent(t, outlierFlags...)
+	// An ejection of 8 s: the 1 000 connects after it must fit in it,
+	// also under qemu's emulation.
+	const base = 8 * time.Second
+	a := e.startHTTPAgent(t, "--outlier-base-ejection="+base.String(), "--outlier-max-ejection=1m")
 	a.waitStatus(t, "ready", func(s agentStatusJSON) bool { return s.Ready })
 	if names, refused, _, err := tally(e.ns, 60, time.Second); err != nil || refused != 0 || len(names) != 3 {
 		t.Fatalf("before the kill: %v, %d refused, %v; want all 3 answering", names, refused, err)
@@ -224,15 +227,21 @@ func TestPrivilegedOutlierEjectsAKilledBackend(t *testing.T) {
 	names, refused, timedOut, err := tally(e.ns, 1000, time.Second)
 	t.Logf("ejected %v after the 3rd failure (as seen from polling the maps); then 1000 connects: %v, %d refused, %d timed out",
 		took.Round(100*time.Microsecond), names, refused, timedOut)
-	if took > 100*time.Millisecond {
-		t.Errorf("ejected %v after the third failure, want within 100 ms", took)
+	// The issue's bound is 100 ms; under qemu's TCG emulation (the
+	// kernel matrix), where everything runs tens of times slower, 1 s.
+	bound := 100 * time.Millisecond
+	if sandbox.Emulated() {
+		bound = time.Second
+	}
+	if took > bound {
+		t.Errorf("ejected %v after the third failure, want within %v", took, bound)
 	}
 	if err != nil || refused+timedOut != 0 || names["pod-2"] != 0 {
 		t.Errorf("after the ejection: %v, %d refused, %d timed out, %v; want no failure", names, refused, timedOut, err)
 	}
 	until := a.ejectedUntil(t, "198.18.0.2:8080")
-	if d := time.Until(until); d <= 0 || d > 2*time.Second {
-		t.Errorf("first ejection ends in %v, want within the 2 s base", d)
+	if d := time.Until(until); d <= 0 || d > base {
+		t.Errorf("first ejection ends in %v, want within the %v base", d, base)
 	}
 
 	// Back: connects reach it again once the ejection ends.
@@ -250,7 +259,7 @@ func TestPrivilegedOutlierEjectsAKilledBackend(t *testing.T) {
 		t.Errorf("pod-2 got a connect %v before its ejection ended", early)
 	}
 
-	// Killed again: ejected for 2 × 2 s.
+	// Killed again: ejected for 2 × base.
 	victim.kill(t)
 	failures = 0
 	deadline := time.Now().Add(30 * time.Second)
@@ -270,8 +279,8 @@ func TestPrivilegedOutlierEjectsAKilledBackend(t *testing.T) {
 		}
 		return false
 	})
-	if d := until.Sub(second); d < 3500*time.Millisecond || d > 4*time.Second {
-		t.Errorf("second ejection lasts %v from when /status showed it, want about 4 s", d)
+	if d := until.Sub(second); d < 2*base-time.Second || d > 2*base {
+		t.Errorf("second ejection lasts %v from when /status showed it, want about %v", d, 2*base)
 	}
 	if n := a.metric(t, `socklb_outlier_ejections_total{backend="198.18.0.2:8080",namespace="test",service="web"}`); n != 2 {
 		t.Errorf("socklb_outlier_ejections_total = %v, want 2", n)

@@ -105,6 +105,11 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 	oldCmd.Path, oldCmd.Args[0] = from.bin, from.bin
 	old := testagent.Start(t, oldCmd, nil)
 	old.WaitLog(t, "maps synced", awaitBound)
+	if oldSvcMap == newSvcMap {
+		// From v3 an agent on new maps attaches after its first sync:
+		// the links are all there once it says so.
+		old.WaitLog(t, "programs attached after the first sync filled the maps", awaitBound)
+	}
 
 	// From v3 the layout is the same: the new agent reuses the old maps
 	// and adds the connect-outcome ones.

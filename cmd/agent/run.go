@@ -144,7 +144,9 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 			ServiceSelector:   selector,
 			OnDeparted:        destroy.Enqueue,
 			Adjuster:          adjuster,
-			Defaults:          lb.Defaults{OutlierDetection: c.Outlier},
+			// Without an ejector nothing would be ejected: frontends
+			// do not claim it (nor pay its lookup).
+			Defaults: lb.Defaults{OutlierDetection: c.Outlier && ejector != nil},
 			OnSync: func(took time.Duration, st reconciler.Stats, err error) {
 				frontends, backends := rec.Programmed()
 				syncMetrics.Observe(metrics.SyncResult{Took: took, Frontends: frontends, Backends: backends,

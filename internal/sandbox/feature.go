@@ -30,3 +30,12 @@ func RequireFeature(t testing.TB, available bool, name, detail string) {
 	}
 	t.Fatalf("kernel lacks %s (%s); set %s=1 to skip instead on kernels known to lack it", name, detail, AllowMissingFeaturesEnv)
 }
+
+// EmulatedEnv, set to 1, says the tests run under CPU emulation: the
+// kernel matrix's VMs use qemu's TCG, where code runs tens of times
+// slower than natively. A test with a latency bound from an issue keeps
+// that bound natively and may allow more where Emulated reports true.
+const EmulatedEnv = "SOCKLB_EMULATED"
+
+// Emulated reports whether EmulatedEnv says the tests run emulated.
+func Emulated() bool { return os.Getenv(EmulatedEnv) == "1" }

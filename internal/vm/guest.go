@@ -14,15 +14,17 @@ import (
 )
 
 // The environment the test binaries read; the names are those of
-// testagent.AgentBinEnv and sandbox.AllowMissingFeaturesEnv (a test
-// checks), spelled out so that this program does not link the testing
+// testagent.AgentBinEnv, sandbox.AllowMissingFeaturesEnv and
+// sandbox.EmulatedEnv (a test checks), spelled out so that this program does not link the testing
 // helpers. Every VM sets allowMissingFeaturesEnv, so a test there skips
 // on a feature its kernel lacks instead of failing; each skip is then
 // checked against that kernel's list (Suite.ExpectedSkips), so a probe
-// that broke still fails the run.
+// that broke still fails the run. Every VM also sets emulatedEnv: they
+// run under qemu's TCG, and latency bounds there are wider.
 const (
 	agentBinEnv             = "SOCKLB_AGENT_BIN"
 	allowMissingFeaturesEnv = "SOCKLB_ALLOW_MISSING_FEATURES"
+	emulatedEnv             = "SOCKLB_EMULATED"
 )
 
 // Package is one test binary of the suite.
@@ -230,7 +232,7 @@ func (s *Suite) initScript(k *Kernel) string {
 	// one, and the VM has no network card: nothing leaves. The addresses
 	// are from TEST-NET-1 (RFC 5737).
 	w("ip link add host0 type dummy && ip link set host0 up && ip addr add 192.0.2.1/24 dev host0 && ip route add default via 192.0.2.254 || say problem \"host0 setup failed\"")
-	env := fmt.Sprintf("%s=%s/socklb-agent %s=1", agentBinEnv, guestBin, allowMissingFeaturesEnv)
+	env := fmt.Sprintf("%s=%s/socklb-agent %s=1 %s=1", agentBinEnv, guestBin, allowMissingFeaturesEnv, emulatedEnv)
 	args := make([]string, 0, 4)
 	for _, a := range s.testArgs(true) {
 		args = append(args, shellQuote(a))

@@ -29,7 +29,7 @@ func RunNative(ctx context.Context, suite *Suite, progress io.Writer) (*KernelRe
 		pctx, cancel := context.WithTimeout(ctx, suite.Timeout+time.Minute)
 		cmd := exec.CommandContext(pctx, p.Binary, suite.testArgs(false)...)
 		cmd.Dir = p.Dir
-		cmd.Env = append(withoutEnv(os.Environ(), allowMissingFeaturesEnv), agentBinEnv+"="+suite.Agent)
+		cmd.Env = append(withoutEnv(withoutEnv(os.Environ(), allowMissingFeaturesEnv), emulatedEnv), agentBinEnv+"="+suite.Agent)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		err := cmd.Run()

@@ -19,9 +19,9 @@ import (
 )
 
 func TestEnvironmentNamesMatchTheTests(t *testing.T) {
-	if agentBinEnv != testagent.AgentBinEnv || allowMissingFeaturesEnv != sandbox.AllowMissingFeaturesEnv {
-		t.Errorf("guest env %s, %s; the tests read %s, %s", agentBinEnv, allowMissingFeaturesEnv,
-			testagent.AgentBinEnv, sandbox.AllowMissingFeaturesEnv)
+	if agentBinEnv != testagent.AgentBinEnv || allowMissingFeaturesEnv != sandbox.AllowMissingFeaturesEnv || emulatedEnv != sandbox.EmulatedEnv {
+		t.Errorf("guest env %s, %s, %s; the tests read %s, %s, %s", agentBinEnv, allowMissingFeaturesEnv, emulatedEnv,
+			testagent.AgentBinEnv, sandbox.AllowMissingFeaturesEnv, sandbox.EmulatedEnv)
 	}
 }
 
@@ -124,7 +124,7 @@ func TestInitScript(t *testing.T) {
 	for _, want := range []string{
 		"insmod /socklb/modules/veth.ko",
 		"say begin example.com/m/pkg/loader\n",
-		"(cd '/socklb/src/pkg/loader' && env SOCKLB_AGENT_BIN=/socklb/bin/socklb-agent SOCKLB_ALLOW_MISSING_FEATURES=1 /socklb/bin/pkg_loader.test " +
+		"(cd '/socklb/src/pkg/loader' && env SOCKLB_AGENT_BIN=/socklb/bin/socklb-agent SOCKLB_ALLOW_MISSING_FEATURES=1 SOCKLB_EMULATED=1 /socklb/bin/pkg_loader.test " +
 			"'-test.run=^TestPrivileged' '-test.v=test2json' '-test.count=1' '-test.timeout=5m0s' '-test.skip=^(TestPrivilegedA|TestPrivilegedB)$') >&3 2>&1\n",
 		"say end example.com/m/pkg/loader $?\n",
 		"say done\n",

@@ -70,6 +70,7 @@ type Ejector struct {
 
 	det        *outlier.Detector
 	restored   bool
+	written    bool // a sync has been written since the start
 	lastForget time.Time
 	// warned is when each backend was last reported but kept for the
 	// maximum share, so that the warning comes once per ejection time.
@@ -97,6 +98,12 @@ func (e *Ejector) Report(r Report) {
 	e.pending[r] = true
 	e.mu.Unlock()
 	e.opts.Trigger()
+}
+
+func (e *Ejector) hasPending() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.pending) > 0
 }
 
 func (e *Ejector) take() []Report {
@@ -135,9 +142,16 @@ var _ reconciler.Adjuster = (*Ejector)(nil)
 // ejection).
 func (e *Ejector) Adjust(state lb.State, ids reconciler.IDs, now time.Time) (lb.State, time.Time) {
 	if !e.restored {
-		e.restore()
+		e.restore(now)
 	}
-	for _, r := range e.take() {
+	// Until a sync has been written, the reconciler may not know the
+	// ids the reports name (a restarted agent reads the reports that
+	// waited in the pinned ring buffer first): they wait too.
+	var reports []Report
+	if e.written {
+		reports = e.take()
+	}
+	for _, r := range reports {
 		e.decide(r, state, ids, now)
 		if !slices.Contains(e.decided, r.Backend) {
 			e.decided = append(e.decided, r.Backend)
@@ -157,7 +171,16 @@ func (e *Ejector) Adjust(state lb.State, ids reconciler.IDs, now time.Time) (lb.
 // more. After a failed write they stay avoided (for at most the
 // datapath's window) until a sync succeeds.
 func (e *Ejector) Applied(err error) {
-	if err != nil || len(e.decided) == 0 {
+	if err != nil {
+		return
+	}
+	if !e.written {
+		e.written = true
+		if e.hasPending() {
+			e.opts.Trigger() // the reports that waited for the first write
+		}
+	}
+	if len(e.decided) == 0 {
 		return
 	}
 	if e.opts.Store != nil {
@@ -170,7 +193,7 @@ func (e *Ejector) Applied(err error) {
 }
 
 // restore takes back what a previous agent recorded.
-func (e *Ejector) restore() {
+func (e *Ejector) restore(now time.Time) {
 	e.restored = true
 	if e.opts.Store == nil {
 		return
@@ -185,7 +208,7 @@ func (e *Ejector) restore() {
 			continue
 		}
 		e.det.Restore(lb.Backend{Addr: b.Addr, Port: b.Port},
-			outlier.Entry{Ejections: int(rec.Ejections), At: rec.At, Until: rec.Until})
+			outlier.Entry{Ejections: int(rec.Ejections), At: rec.At, Until: rec.Until}, now)
 	}
 	if len(all) > 0 {
 		e.log.Info("restored recorded ejections", "backends", len(all))

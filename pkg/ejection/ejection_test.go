@@ -55,7 +55,7 @@ func state(n int, mod func(*lb.Service)) lb.State {
 func TestReportEjectsRecordsAndReadmits(t *testing.T) {
 	store := maps.NewFake()
 	triggered, ejections := 0, 0
-	e := New(Options{Config: outlier.DefaultConfig, Store: store,
+	e := started(Options{Config: outlier.DefaultConfig, Store: store,
 		Trigger: func() { triggered++ },
 		OnEject: func(svc types.NamespacedName, b lb.Backend) {
 			if svc != web || b != backend(2) {
@@ -106,7 +106,7 @@ func TestReportEjectsRecordsAndReadmits(t *testing.T) {
 	}
 
 	// A restarted agent reads the record and keeps the backend out.
-	again := New(Options{Config: outlier.DefaultConfig, Store: store})
+	again := started(Options{Config: outlier.DefaultConfig, Store: store})
 	if out, _ := again.Adjust(in, ids{}, t0.Add(time.Second)); len(out.Services[0].Backends) != 2 {
 		t.Errorf("after a restart: %v, want backend 2 still out", out.Services[0].Backends)
 	}
@@ -133,7 +133,7 @@ func TestReportsThatDoNotEject(t *testing.T) {
 		"frontend not in state": {Report{RevNAT: 1, Backend: 2}, func(s *lb.Service) { s.Frontend.Port = 81 }},
 	} {
 		t.Run(name, func(t *testing.T) {
-			e := New(Options{Config: outlier.DefaultConfig})
+			e := started(Options{Config: outlier.DefaultConfig})
 			e.Report(tc.report)
 			out, next := e.Adjust(state(3, tc.mod), ids{}, t0)
 			if len(out.Services[0].Backends) != 3 || !next.IsZero() {
@@ -145,7 +145,7 @@ func TestReportsThatDoNotEject(t *testing.T) {
 
 // Two of three failing at the default 50 %: one ejected, one kept.
 func TestMaxShareKeepsTraffic(t *testing.T) {
-	e := New(Options{Config: outlier.DefaultConfig})
+	e := started(Options{Config: outlier.DefaultConfig})
 	e.Report(Report{RevNAT: 1, Backend: 1})
 	e.Report(Report{RevNAT: 1, Backend: 2})
 	out, _ := e.Adjust(state(3, nil), ids{}, t0)
@@ -157,7 +157,7 @@ func TestMaxShareKeepsTraffic(t *testing.T) {
 // A backend that leaves the Service is forgotten and its record deleted.
 func TestForgetsBackendsThatLeft(t *testing.T) {
 	store := maps.NewFake()
-	e := New(Options{Config: outlier.DefaultConfig, Store: store})
+	e := started(Options{Config: outlier.DefaultConfig, Store: store})
 	e.Report(Report{RevNAT: 1, Backend: 2})
 	e.Adjust(state(3, nil), ids{}, t0)
 	e.Adjust(state(1, nil), ids{}, t0.Add(forgetEvery))
@@ -166,5 +166,30 @@ func TestForgetsBackendsThatLeft(t *testing.T) {
 	}
 	if out, _ := e.Adjust(state(3, nil), ids{}, t0.Add(forgetEvery+time.Second)); len(out.Services[0].Backends) != 3 {
 		t.Error("a backend that left and came back is still ejected")
+	}
+}
+
+// started is New after the first sync has been written.
+func started(opts Options) *Ejector {
+	e := New(opts)
+	e.Applied(nil)
+	return e
+}
+
+// Reports that arrive before the first sync is written wait for it: the
+// reconciler cannot resolve their ids yet.
+func TestReportsWaitForTheFirstWrite(t *testing.T) {
+	triggered := 0
+	e := New(Options{Config: outlier.DefaultConfig, Trigger: func() { triggered++ }})
+	e.Report(Report{RevNAT: 1, Backend: 2})
+	if out, _ := e.Adjust(state(3, nil), ids{}, t0); len(out.Services[0].Backends) != 3 {
+		t.Fatal("a report was decided before the first write")
+	}
+	e.Applied(nil)
+	if triggered != 2 {
+		t.Errorf("%d triggers, want the report's and one after the first write", triggered)
+	}
+	if out, _ := e.Adjust(state(3, nil), ids{}, t0); len(out.Services[0].Backends) != 2 {
+		t.Error("the waiting report was not decided after the first write")
 	}
 }

@@ -27,7 +27,7 @@ type Config struct {
 	BaseEjection time.Duration
 	MaxEjection  time.Duration
 	// MaxShare is in [0, 1]: with n backends at most floor(MaxShare × n)
-	// are ejected, so a lone backend never is.
+	// are ejected, and never all n, so a lone backend never is.
 	MaxShare float64
 }
 
@@ -93,9 +93,11 @@ func (d *Detector) Failed(b lb.Backend, members []lb.Backend, now time.Time) (un
 	return e.Until, true
 }
 
-// allowed is how many of n backends may be ejected at once.
+// allowed is how many of n backends may be ejected at once: never all
+// of them, whatever the share, so that an outage is never turned into a
+// refusal.
 func allowed(share float64, n int) int {
-	return int(math.Floor(share*float64(n) + 1e-9))
+	return min(int(math.Floor(share*float64(n)+1e-9)), n-1)
 }
 
 // EjectedUntil returns when b's current ejection ends, and whether it is
@@ -196,10 +198,15 @@ func (d *Detector) Entry(b lb.Backend) (Entry, bool) {
 	return Entry{}, false
 }
 
-// Restore sets what is known of b, as Entries returned it before.
-func (d *Detector) Restore(b lb.Backend, e Entry) {
+// Restore sets what is known of b, as Entries returned it before; an
+// ejection that would end more than MaxEjection after now (a record
+// made under a longer maximum, or a clock that went back) ends then.
+func (d *Detector) Restore(b lb.Backend, e Entry, now time.Time) {
 	if e.Ejections < 1 {
 		return
+	}
+	if limit := now.Add(d.cfg.MaxEjection); e.Until.After(limit) {
+		e.Until = limit
 	}
 	d.entries[b] = &e
 }

@@ -51,7 +51,7 @@ func TestMaxShare(t *testing.T) {
 	for _, tc := range []struct {
 		n, share100, want int
 	}{
-		{1, 50, 0}, {2, 50, 1}, {3, 50, 1}, {4, 50, 2}, {5, 50, 2}, {10, 10, 1}, {3, 100, 3}, {3, 0, 0},
+		{1, 50, 0}, {2, 50, 1}, {3, 50, 1}, {4, 50, 2}, {5, 50, 2}, {10, 10, 1}, {3, 100, 2}, {1, 100, 0}, {3, 0, 0},
 	} {
 		d := New(Config{BaseEjection: time.Second, MaxEjection: time.Minute, MaxShare: float64(tc.share100) / 100})
 		bs := backends(tc.n)
@@ -157,7 +157,7 @@ func TestEntriesRestore(t *testing.T) {
 	until, _ := d.Failed(bs[0], bs, t0)
 	e := New(DefaultConfig)
 	for b, en := range d.Entries() {
-		e.Restore(b, en)
+		e.Restore(b, en, t0)
 	}
 	if u, ok := e.EjectedUntil(bs[0], t0); !ok || !u.Equal(until) {
 		t.Fatalf("restored: %v %v, want %v", u, ok, until)
@@ -165,5 +165,15 @@ func TestEntriesRestore(t *testing.T) {
 	// The multiplier came along: the next ejection lasts twice as long.
 	if u, _ := e.Failed(bs[0], bs, until); u.Sub(until) != 60*time.Second {
 		t.Errorf("second ejection after restore lasts %v, want 60s", u.Sub(until))
+	}
+}
+
+// A restored ejection never lasts beyond MaxEjection from now.
+func TestRestoreClampsToMaxEjection(t *testing.T) {
+	d := New(DefaultConfig)
+	b := backends(1)[0]
+	d.Restore(b, Entry{Ejections: 1, At: t0, Until: t0.Add(time.Hour)}, t0)
+	if u, _ := d.EjectedUntil(b, t0); !u.Equal(t0.Add(DefaultConfig.MaxEjection)) {
+		t.Errorf("restored until %v, want %v", u.Sub(t0), DefaultConfig.MaxEjection)
 	}
 }

@@ -122,12 +122,19 @@ func makePlan(in planInput) plan {
 		for _, id := range old.backends {
 			delta[id]--
 		}
+		for _, id := range old.held {
+			delta[id]--
+		}
 	}
 
 	// 2. Backends no frontend will list any more go before new ones come.
 	wanted := map[maps.Backend]bool{}
 	for _, d := range in.want {
 		for _, b := range d.backends {
+			wanted[b] = true
+		}
+		// Members held out for ejection keep their backend entry.
+		for _, b := range d.ejected {
 			wanted[b] = true
 		}
 	}
@@ -198,13 +205,16 @@ func makePlan(in planInput) plan {
 			added[b] = true
 			p.steps = append(p.steps, step{kind: stepAddBackend, backend: b})
 		}
-		for _, b := range d.backends {
+		for _, b := range append(slices.Clone(d.backends), d.ejected...) {
 			if id, ok := in.backends[b]; ok && !deleted[id] {
 				delta[id]++
 			}
 		}
 		if old, ok := in.services[d.fe]; ok {
 			for _, id := range old.backends {
+				delta[id]--
+			}
+			for _, id := range old.held {
 				delta[id]--
 			}
 		}

@@ -173,7 +173,9 @@ func (r *Reconciler) restore() (Drift, error) {
 	r.served = make(map[string]int)
 	r.used = usage{backends: len(bes)}
 	r.complete = false
-	r.nextBackend, r.nextRevNAT = 0, 0
+	// The next ids only grow in a process: an id a reread finds free may
+	// still be on sockets (their connect outcomes, their departures), so
+	// it is not given out again until the counter wraps.
 	for id, b := range bes {
 		r.backends[b] = id
 		r.ids[id] = b

@@ -566,9 +566,18 @@ func TestEjectedBackendsDoNotDepart(t *testing.T) {
 	if svcs[0].Flags&maps.FlagLeastConn == 0 {
 		t.Errorf("flags %#x lack FlagLeastConn", svcs[0].Flags)
 	}
-	// The ejected backend stays in the backend map (its outcomes with it).
+	// The ejected backend stays in the backend map (its outcomes with it),
+	// also through a periodic reconciliation, which rereads the maps (and
+	// so forgets which members were held out).
 	if bes, _ := f.Backends(); len(bes) != 3 {
 		t.Errorf("backend map after the ejection: %v, want all 3 kept", bes)
+	}
+	r.Reconcile()
+	if st, err := r.Apply(state(ejected)); err != nil || len(st.Departed) != 0 || st.BackendsRemoved != 0 {
+		t.Errorf("a reconciliation during the ejection: %+v, %v; want nothing removed", st, err)
+	}
+	if bes, _ := f.Backends(); len(bes) != 3 {
+		t.Errorf("backend map after a reconciliation: %v, want all 3 kept", bes)
 	}
 	// Leaving the Service while ejected is a departure.
 	left := all

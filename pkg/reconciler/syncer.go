@@ -81,12 +81,17 @@ type Syncer struct {
 	lastOver     []OverCapacity
 	// wake triggers the sync at which the Adjuster asked to be redone.
 	wake *time.Timer
+	// urgent limits the syncs that skip limiter.
+	urgent *rate.Limiter
 }
 
 const (
 	syncKey = "sync"
 	// urgentKey is a sync that skips the rate limit (TriggerNow).
 	urgentKey = "urgent"
+	// urgentEvery and urgentBurst bound the syncs that skip it.
+	urgentEvery = 20 * time.Millisecond
+	urgentBurst = 5
 )
 
 // NewSyncer returns a Syncer; call Run to start it.
@@ -115,6 +120,7 @@ func NewSyncer(rec *Reconciler, sources []Source, opts SyncerOptions, log *slog.
 		opts:      opts,
 		log:       log,
 		limiter:   rate.NewLimiter(limit, opts.Burst),
+		urgent:    rate.NewLimiter(rate.Every(urgentEvery), urgentBurst),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](opts.RetryBase, opts.RetryMax),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "socklb-sync"},
@@ -132,8 +138,10 @@ func (s *Syncer) Trigger() {
 
 // TriggerNow asks for a sync that does not wait for the rate limit: an
 // outlier ejection must reach the kernel within 100 ms of the failure
-// that decided it, whatever --min-sync says. Ejections are rare (a
-// backend at most once per ejection time), so they cannot flood it.
+// that decided it, whatever --min-sync says. Failure reports can come as
+// fast as clients fail, though (a lone backend that is down, which is
+// never ejected), so these syncs have a limit of their own
+// (urgentEvery, urgentBurst); beyond it they wait for the normal one.
 func (s *Syncer) TriggerNow() {
 	s.queue.Add(urgentKey)
 }
@@ -186,7 +194,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		}
 		// Changes that arrive while we wait join this sync (the queue
 		// holds the key once).
-		if key != urgentKey {
+		if key != urgentKey || !s.urgent.Allow() {
 			if err := s.limiter.Wait(ctx); err != nil {
 				s.queue.Done(key)
 				return nil

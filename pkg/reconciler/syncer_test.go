@@ -210,3 +210,33 @@ func TestSyncerAdjustsAndWakes(t *testing.T) {
 	s.TriggerNow()
 	waitFor(t, "TriggerNow's sync", func() bool { return calls.Load() > before })
 }
+
+// TestSyncerLimitsUrgentSyncs: failure reports can call TriggerNow as fast
+// as clients fail; the syncs that skip the rate limit have one of their
+// own, and past it they wait for the normal one.
+func TestSyncerLimitsUrgentSyncs(t *testing.T) {
+	f := maps.NewFake()
+	src := &fakeSource{}
+	src.set(oneService(), true)
+	var syncs atomic.Int32
+	s := NewSyncer(New(f, nil), []Source{src}, SyncerOptions{MinInterval: time.Hour, Burst: 1,
+		OnSync: func(time.Duration, Stats, error) { syncs.Add(1) }}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "first sync", s.HasSynced)
+	start := time.Now()
+	for time.Since(start) < 200*time.Millisecond {
+		s.TriggerNow()
+		time.Sleep(200 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	// The first sync, the burst, one per urgentEvery, and one in flight.
+	limit := 1 + urgentBurst + int(elapsed/urgentEvery) + 1
+	if n := int(syncs.Load()); n > limit {
+		t.Errorf("%d syncs in %v of TriggerNow calls, want at most %d", n, elapsed, limit)
+	} else {
+		t.Logf("%d syncs in %v of TriggerNow calls (limit %d)", n, elapsed, limit)
+	}
+}
