@@ -153,6 +153,16 @@ type BpfSvcValue struct {
 	Backend         BpfBackend
 }
 
+type BpfVipKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
+type BpfVipValue struct {
+	_       structs.HostLayout
+	Refused uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -161,6 +171,7 @@ const (
 	BpfMapSocklbAvoidV3     = "socklb_avoid_v3"
 	BpfMapSocklbBeV3        = "socklb_be_v3"
 	BpfMapSocklbBestatV3    = "socklb_bestat_v3"
+	BpfMapSocklbBypassV3    = "socklb_bypass_v3"
 	BpfMapSocklbCntV3       = "socklb_cnt_v3"
 	BpfMapSocklbEjectV3     = "socklb_eject_v3"
 	BpfMapSocklbEventsV3    = "socklb_events_v3"
@@ -169,6 +180,7 @@ const (
 	BpfMapSocklbNameV3      = "socklb_name_v3"
 	BpfMapSocklbSockV3      = "socklb_sock_v3"
 	BpfMapSocklbSvcV3       = "socklb_svc_v3"
+	BpfMapSocklbVipV3       = "socklb_vip_v3"
 	BpfProgSock4Connect     = "sock4_connect"
 	BpfProgSock4Getpeername = "sock4_getpeername"
 	BpfProgSock4Recvmsg     = "sock4_recvmsg"
@@ -247,6 +259,7 @@ type BpfMapSpecs struct {
 	SocklbAvoidV3  *ebpf.MapSpec `ebpf:"socklb_avoid_v3"`
 	SocklbBeV3     *ebpf.MapSpec `ebpf:"socklb_be_v3"`
 	SocklbBestatV3 *ebpf.MapSpec `ebpf:"socklb_bestat_v3"`
+	SocklbBypassV3 *ebpf.MapSpec `ebpf:"socklb_bypass_v3"`
 	SocklbCntV3    *ebpf.MapSpec `ebpf:"socklb_cnt_v3"`
 	SocklbEjectV3  *ebpf.MapSpec `ebpf:"socklb_eject_v3"`
 	SocklbEventsV3 *ebpf.MapSpec `ebpf:"socklb_events_v3"`
@@ -255,6 +268,7 @@ type BpfMapSpecs struct {
 	SocklbNameV3   *ebpf.MapSpec `ebpf:"socklb_name_v3"`
 	SocklbSockV3   *ebpf.MapSpec `ebpf:"socklb_sock_v3"`
 	SocklbSvcV3    *ebpf.MapSpec `ebpf:"socklb_svc_v3"`
+	SocklbVipV3    *ebpf.MapSpec `ebpf:"socklb_vip_v3"`
 }
 
 // BpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -289,6 +303,7 @@ type BpfMaps struct {
 	SocklbAvoidV3  *ebpf.Map `ebpf:"socklb_avoid_v3"`
 	SocklbBeV3     *ebpf.Map `ebpf:"socklb_be_v3"`
 	SocklbBestatV3 *ebpf.Map `ebpf:"socklb_bestat_v3"`
+	SocklbBypassV3 *ebpf.Map `ebpf:"socklb_bypass_v3"`
 	SocklbCntV3    *ebpf.Map `ebpf:"socklb_cnt_v3"`
 	SocklbEjectV3  *ebpf.Map `ebpf:"socklb_eject_v3"`
 	SocklbEventsV3 *ebpf.Map `ebpf:"socklb_events_v3"`
@@ -297,6 +312,7 @@ type BpfMaps struct {
 	SocklbNameV3   *ebpf.Map `ebpf:"socklb_name_v3"`
 	SocklbSockV3   *ebpf.Map `ebpf:"socklb_sock_v3"`
 	SocklbSvcV3    *ebpf.Map `ebpf:"socklb_svc_v3"`
+	SocklbVipV3    *ebpf.Map `ebpf:"socklb_vip_v3"`
 }
 
 func (m *BpfMaps) Close() error {
@@ -305,6 +321,7 @@ func (m *BpfMaps) Close() error {
 		m.SocklbAvoidV3,
 		m.SocklbBeV3,
 		m.SocklbBestatV3,
+		m.SocklbBypassV3,
 		m.SocklbCntV3,
 		m.SocklbEjectV3,
 		m.SocklbEventsV3,
@@ -313,6 +330,7 @@ func (m *BpfMaps) Close() error {
 		m.SocklbNameV3,
 		m.SocklbSockV3,
 		m.SocklbSvcV3,
+		m.SocklbVipV3,
 	)
 }
 

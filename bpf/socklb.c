@@ -2,7 +2,8 @@
 /* Socket-level load balancing: cgroup sock_addr hooks rewrite a service
  * address to one of its backends when a socket connects (or sends without
  * connecting), so no packet is ever translated; recvmsg and getpeername show
- * the service address again to the application. */
+ * the service address again to the application. A cluster IP at a port no
+ * frontend has is refused (vips.h); any other address is left alone. */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <linux/errno.h>
@@ -94,6 +95,8 @@ struct {
 } socklb_gone_v3 SEC(".maps");
 
 #include "outcomes.h"
+#include "vips.h"
+#include "bypass.h"
 
 static __always_inline void lb_count(__u32 rev_nat_id, int refused)
 {
@@ -129,15 +132,16 @@ static __always_inline struct backend *lb_affinity(struct affinity_key *ak,
 }
 
 /* lb_select picks a backend for key (slot 0) into *out and its id into
- * *out_id. It returns 0 on success, -ENOENT when the address is not a
- * service, -ECONNREFUSED when the service has no backend. A slot that is
- * gone by the time it is read means the agent republished the service
- * between the two lookups; the entry is read again, up to
- * SOCKLB_LOOKUP_ATTEMPTS times. Losing that race every time (the agent
- * republishing the same service over and over, faster than a connect
- * runs) also refuses, and is counted as refused: there was no backend to
- * pick. Without affinity a connect reads two elements of the service map
- * (the entry and a slot, which carries the backend) and the counters. */
+ * *out_id. It returns 0 on success, -ENOENT when no frontend has the
+ * address, port and protocol (see vip_refuse), -ECONNREFUSED when the
+ * service has no backend. A slot that is gone by the time it is read means
+ * the agent republished the service between the two lookups; the entry is
+ * read again, up to SOCKLB_LOOKUP_ATTEMPTS times. Losing that race every
+ * time (the agent republishing the same service over and over, faster than
+ * a connect runs) also refuses, and is counted as refused: there was no
+ * backend to pick. Without affinity a connect reads two elements of the
+ * service map (the entry and a slot, which carries the backend) and the
+ * counters. */
 static __always_inline int lb_select(struct svc_key *key, __u64 client,
 				     struct backend *out, __u32 *out_id,
 				     __u32 *out_rev_nat)
@@ -248,8 +252,9 @@ static __always_inline void sock_remember(struct bpf_sock_addr *ctx,
  * in the frontend's live set: same address and port in the socket state,
  * same rev_nat_id as the live entry (a frontend deleted and created again
  * gets a new one), backends to pick from, and a member entry for the pair.
- * It returns -ENOENT when the address is not a service (a deleted
- * Service's address is left alone, also for a socket that used it), and
+ * It returns -ENOENT when no frontend has the address, port and protocol
+ * (vip_refuse then decides; a deleted Service's address is left alone,
+ * also for a socket that used it), and
  * -EAGAIN when a backend has to be picked. A backend id alone is not
  * enough: frontends with the same backend share its id. */
 static __always_inline int sock_sticky(struct bpf_sock_addr *ctx,
@@ -314,7 +319,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sticky)
 	struct backend be;
 	int ret;
 
-	if (!proto_ok(ctx))
+	if (!proto_ok(ctx) || bypassed(ctx))
 		return 0;
 	addr_from_v4(key.addr, ctx->user_ip4);
 	key.port = (__be16)ctx->user_port;
@@ -322,7 +327,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, int sticky)
 
 	ret = sock_xlate(ctx, &key, &be, sticky);
 	if (ret == -ENOENT)
-		return 0;
+		return vip_refuse(&key);
 	if (ret < 0)
 		return ret;
 	/* An IPv4 frontend only has IPv4 backends (pkg/lb makes sure). */
@@ -340,7 +345,7 @@ static __always_inline int sock6_xlate(struct bpf_sock_addr *ctx, int sticky)
 	__be32 a0, a1, a2, a3;
 	int ret;
 
-	if (!proto_ok(ctx))
+	if (!proto_ok(ctx) || bypassed(ctx))
 		return 0;
 	/* Copy the context fields into locals first: clang otherwise emits
 	 * accesses the verifier rejects (modified ctx pointer). */
@@ -357,7 +362,7 @@ static __always_inline int sock6_xlate(struct bpf_sock_addr *ctx, int sticky)
 
 	ret = sock_xlate(ctx, &key, &be, sticky);
 	if (ret == -ENOENT)
-		return 0;
+		return vip_refuse(&key);
 	if (ret < 0)
 		return ret;
 	/* A mapped IPv4 service has mapped IPv4 backends, which an AF_INET6
@@ -492,83 +497,7 @@ int sock6_getpeername(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* Socket iterators: close connected sockets whose backend left their
- * service (kernel >= 6.5). An iterator walks the sockets of the network
- * namespace of the process that reads it, so the agent reads it once in
- * each namespace. Only the fields used here are declared; CO-RE relocates
- * them against the running kernel. */
-struct seq_file;
-struct bpf_iter_meta {
-	struct seq_file *seq;
-} __attribute__((preserve_access_index));
-
-struct sock_common {
-} __attribute__((preserve_access_index));
-
-struct udp_sock {
-} __attribute__((preserve_access_index));
-
-struct bpf_iter__udp {
-	struct bpf_iter_meta *meta;
-	struct udp_sock *udp_sk;
-} __attribute__((preserve_access_index));
-
-struct bpf_iter__tcp {
-	struct bpf_iter_meta *meta;
-	struct sock_common *sk_common;
-} __attribute__((preserve_access_index));
-
-extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
-
-/* destroy_departed closes sk if socklb connected it to a backend that has
- * left its frontend, and writes one byte to the iterator's output so the
- * reader can count. */
-static __always_inline void destroy_departed(struct bpf_iter_meta *meta,
-					     void *sk, struct sock_common *skc)
-{
-	struct departure d = {};
-	struct sock_state *st;
-	char mark = 'x';
-
-	st = bpf_sk_storage_get(&socklb_sock_v3, sk, 0, 0);
-	if (!st || !(st->flags & SOCKLB_SOCK_F_CONNECTED))
-		return;
-	d.rev_nat_id = st->rev_nat_id;
-	d.backend_id = st->backend_id;
-	if (!bpf_map_lookup_elem(&socklb_gone_v3, &d))
-		return;
-	if (bpf_sock_destroy(skc) == 0) {
-		/* A destroyed UDP socket lives on, disconnected: do not count
-		 * or destroy it again on a later pass. */
-		st->flags &= ~SOCKLB_SOCK_F_CONNECTED;
-		bpf_seq_write(meta->seq, &mark, sizeof(mark));
-	}
-}
-
-SEC("iter/udp")
-int sock_destroy_udp(struct bpf_iter__udp *ctx)
-{
-	struct udp_sock *udp = ctx->udp_sk;
-
-	if (udp)
-		destroy_departed(ctx->meta, udp, (struct sock_common *)udp);
-	return 0;
-}
-
-SEC("iter/tcp")
-int sock_destroy_tcp(struct bpf_iter__tcp *ctx)
-{
-	struct sock_common *skc = ctx->sk_common;
-	struct tcp_sock *tp;
-
-	if (!skc)
-		return 0;
-	/* Request and timewait sockets have no storage. */
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (tp)
-		destroy_departed(ctx->meta, tp, skc);
-	return 0;
-}
+#include "destroy.h"
 
 /* Never called, so never loaded: its signature puts the enums that pkg/maps
  * shares into the object's BTF, where bpf2go (-type) finds them. An enum

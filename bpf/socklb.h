@@ -143,6 +143,18 @@ struct departure {
 	__u32 backend_id;
 };
 
+/* Key of the cluster IP map: a cluster IP, as svc_key.addr holds it. */
+struct vip_key {
+	__be32 addr[4];
+};
+
+/* Value of the cluster IP map. */
+struct vip_value {
+	/* connects and sends to this address at a port and protocol that
+	 * no frontend has, refused with ECONNREFUSED */
+	__u64 refused;
+};
+
 /* Session affinity (ClientIP): the client is the network namespace of the
  * socket, which is a pod (the source address is not known at connect). */
 struct affinity_key {

@@ -201,17 +201,19 @@ func TestPrivilegedOtherAddressesAreUntouched(t *testing.T) {
 	if name, err := d.ask("tcp4", "198.18.0.1:8080"); err != nil || name != "pod-1" {
 		t.Errorf("direct connect: %q, %v", name, err)
 	}
-	// The VIP on another port, another protocol, and another address are
-	// not services: connect goes to the address as given, for which the
-	// namespace has no route.
+	// Another address is not a service: connect goes to the address as
+	// given, for which the namespace has no route.
+	if _, err := d.ask("tcp4", other+":80"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("tcp4 %s:80: %v, want ENETUNREACH (not rewritten)", other, err)
+	}
+	// The cluster IP at another port or protocol is not rewritten either,
+	// but refused at once, as kube-proxy's nftables mode does.
 	for _, tc := range []struct{ network, addr string }{
 		{"tcp4", vip + ":81"},
 		{"udp4", vip + ":80"},
-		{"tcp4", other + ":80"},
 	} {
-		_, err := d.ask(tc.network, tc.addr)
-		if !errors.Is(err, syscall.ENETUNREACH) {
-			t.Errorf("%s %s: %v, want ENETUNREACH (not rewritten)", tc.network, tc.addr, err)
+		if _, err := d.ask(tc.network, tc.addr); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("%s %s: %v, want ECONNREFUSED (a port the cluster IP's Service does not have)", tc.network, tc.addr, err)
 		}
 	}
 }

@@ -145,8 +145,9 @@ func TestPrivilegedFinding1StickyUDPLeavesRemovedBackend(t *testing.T) {
 
 // TestPrivilegedFinding1DeletedServiceVIPUntouched: A is deleted while B
 // still lists A's backend; a datagram to A's address from a socket that A
-// sent to pod-1 is not rewritten (the namespace has no route for it), and
-// pod-1 never receives it. The ordering barrier: the same socket then
+// sent to pod-1 is not rewritten, and pod-1 never receives it. A and B
+// share the cluster IP (as two ports of one Service do), so the send is
+// refused as one to a port the address no longer has. The ordering barrier: the same socket then
 // sends to B, which only pod-1 serves, and reads its answer; the server
 // counts before it answers and reads its socket in order, so by then an
 // earlier datagram would have been counted.
@@ -162,8 +163,8 @@ func TestPrivilegedFinding1DeletedServiceVIPUntouched(t *testing.T) {
 	d.apply(t, service(vip, 54, lb.UDP, "198.18.0.1:5353"))
 	before := pod1.Count()
 	_, err := pc.WriteTo([]byte("who"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(vipA)))
-	if !errors.Is(err, syscall.ENETUNREACH) {
-		t.Errorf("sendto the deleted A's address: %v, want ENETUNREACH (sent to the address as given, which has no route)", err)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("sendto the deleted A's address: %v, want ECONNREFUSED (B's cluster IP at a port it does not have)", err)
 	}
 	name, from, err := sendRecv(pc, vipB)
 	if err != nil || name != "pod-1" {

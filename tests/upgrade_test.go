@@ -38,8 +38,9 @@ const (
 	layoutV2Commit = "4922c9c3e424ee3715a310edf094d1e204963da5"
 	// layoutV3Commit has map layout v3 before the connect-outcome maps
 	// (socklb_bestat_v3, socklb_events_v3, socklb_avoid_v3,
-	// socklb_eject_v3) and the sock_ops program joined it: the new agent
-	// reuses every map it had and adds those.
+	// socklb_eject_v3), the sock_ops program and the cluster IP map
+	// (socklb_vip_v3) joined it: the new agent reuses every map it had
+	// and adds those.
 	layoutV3Commit = "4d19f7ec0a37004e7e3bbe34685f20a532e39855"
 )
 
@@ -116,7 +117,7 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 	sameLayout := oldSvcMap == newSvcMap
 	pins := pinNames(t, e.bpffs)
 	if !slices.Contains(pins, oldSvcMap) || (!sameLayout && slices.Contains(pins, newSvcMap)) ||
-		slices.Contains(pins, socklb.BpfMapSocklbBestatV3) {
+		slices.Contains(pins, socklb.BpfMapSocklbBestatV3) || slices.Contains(pins, socklb.BpfMapSocklbVipV3) {
 		t.Fatalf("the old agent pinned %v; want the %s layout", pins, from.layout)
 	}
 	linksBefore := pinnedLinks(t, e.bpffs)
@@ -232,6 +233,14 @@ func testUpgrade(t *testing.T, from oldAgent, stop syscall.Signal) {
 	row := e.inspect(t)[webFE]
 	if row.Service != "test/web:http" || len(row.Backends) != 3 || row.Connects == 0 {
 		t.Errorf("inspect after the upgrade: %+v; want test/web:http with 3 backends and connects counted", row)
+	}
+	// The cluster IP map is new to every older layout: the new agent
+	// filled it from the frontends, and its programs read it.
+	if got := pinnedVIPs(t, e.bpffs); !slices.Equal(got, []string{"198.19.0.10", "198.19.0.20"}) {
+		t.Errorf("cluster IP map after the upgrade: %v, want the two Services' addresses", got)
+	}
+	if _, err := e.ask("198.19.0.10:81"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("after the upgrade, a connect to web's cluster IP at port 81: %v, want ECONNREFUSED", err)
 	}
 	logs := next.Logs()
 	wantLogs := []string{

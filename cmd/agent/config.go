@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/socklb/socklb/pkg/bypass"
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 )
@@ -31,6 +32,10 @@ type Config struct {
 	ServicesFile string
 	Kubeconfig   string
 	NodeName     string
+	NodeZone     string
+	// BypassNamespaces and BypassPods are label selectors of the pods
+	// whose sockets socklb leaves alone; "" selects none.
+	BypassNamespaces, BypassPods string
 	// ServiceSelector is a label selector in kubectl's syntax; empty
 	// selects every Service.
 	ServiceSelector string
@@ -85,6 +90,7 @@ var toolingEnv = []string{
 	"SOCKLB_AGENT_BIN",
 	"SOCKLB_ALLOW_MISSING_FEATURES",
 	"SOCKLB_E2E_CACHE",
+	"SOCKLB_EMULATED",
 	"SOCKLB_VM_CACHE",
 }
 
@@ -99,6 +105,9 @@ func addFlags(f *pflag.FlagSet) {
 	f.String("services-file", "", "multi-document YAML of v1 Services and discovery.k8s.io/v1 EndpointSlices (--source=file)")
 	f.String("kubeconfig", "", "kubeconfig for --source=kubernetes (default: in-cluster config)")
 	f.String("node-name", "", "this node's name, for node-local traffic policies and zones (env NODE_NAME)")
+	f.String("bypass-namespace-selector", "", "leave the sockets of pods in namespaces matching this label selector alone (e.g. 'istio-injection=enabled'); needs --source=kubernetes")
+	f.String("bypass-pod-selector", "", "leave the sockets of pods matching this label selector alone (the pod annotation socklb.io/bypass: \"true\" does it for one pod)")
+	f.String("node-zone", "", "this node's topology zone, for zone hints, when the source does not say (the Node's topology.kubernetes.io/zone label wins)")
 	f.String("service-selector", "", "only handle Services matching this label selector, e.g. 'env in (prod, qa), tier notin (frontend)'")
 	f.String("health-addr", "127.0.0.1:9811", "address of /healthz and /readyz; empty disables")
 	f.String("metrics-addr", "127.0.0.1:9810", "address of the Prometheus /metrics endpoint; empty disables")
@@ -142,8 +151,10 @@ var rules = map[string]func(v *viper.Viper, key string) error{
 		_, err := lb.ParseServiceSelector(v.GetString(key))
 		return err
 	},
-	"health-addr":  hostPort,
-	"metrics-addr": hostPort,
+	"bypass-namespace-selector": bypassSelector,
+	"bypass-pod-selector":       bypassSelector,
+	"health-addr":               hostPort,
+	"metrics-addr":              hostPort,
 	"log-format": func(v *viper.Viper, key string) error {
 		if s := v.GetString(key); s != "text" && s != "json" {
 			return errors.New("want text or json")
@@ -413,6 +424,9 @@ func loadConfig(v *viper.Viper) (Config, error) {
 		ServicesFile:        v.GetString("services-file"),
 		Kubeconfig:          v.GetString("kubeconfig"),
 		NodeName:            v.GetString("node-name"),
+		NodeZone:            v.GetString("node-zone"),
+		BypassNamespaces:    v.GetString("bypass-namespace-selector"),
+		BypassPods:          v.GetString("bypass-pod-selector"),
 		HealthAddr:          v.GetString("health-addr"),
 		MetricsAddr:         v.GetString("metrics-addr"),
 		ServiceSelector:     v.GetString("service-selector"),
@@ -456,10 +470,29 @@ func loadConfig(v *viper.Viper) (Config, error) {
 		errs = append(errs, fmt.Errorf("outlier-max-ejection %s is shorter than outlier-base-ejection %s",
 			c.OutlierMaxEjection, c.OutlierBaseEjection))
 	}
+	if c.Bypassing() && c.Source != sourceKubernetes {
+		errs = append(errs, errors.New("--bypass-namespace-selector and --bypass-pod-selector need --source=kubernetes: the pods come from the API server"))
+	}
 	if c.Source == sourceFile && c.ServicesFile == "" {
 		errs = append(errs, errors.New("--services-file is required with --source=file"))
 	}
 	return c, errors.Join(errs...)
+}
+
+// errBypassNeedsNode: a bypass selector without the node name, which the
+// agent needs to watch its own pods.
+var errBypassNeedsNode = errors.New("--bypass-namespace-selector and --bypass-pod-selector need --node-name (or $NODE_NAME)")
+
+func bypassSelector(v *viper.Viper, key string) error {
+	_, err := bypass.ParseSelector(v.GetString(key))
+	return err
+}
+
+// Bypassing reports whether any pod may be bypassed: a selector is set,
+// or, with the Kubernetes source, an annotation may ask (the agent then
+// watches this node's pods).
+func (c Config) Bypassing() bool {
+	return strings.TrimSpace(c.BypassNamespaces) != "" || strings.TrimSpace(c.BypassPods) != ""
 }
 
 // suggest returns ` (did you mean "x"?)` for the candidate closest to name,

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,8 @@ import (
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/socklb/socklb/internal/sandbox"
+	"github.com/socklb/socklb/internal/testagent"
 	"github.com/socklb/socklb/internal/testlog"
 )
 
@@ -298,13 +301,18 @@ func TestFinding9EveryFlagReachesConfig(t *testing.T) {
 	clearAgentEnv(t)
 	emptyConfig := writeConfig(t, "# no settings\n")
 	rows := map[string]flagRow{
-		"config":           {value: emptyConfig, get: func(c Config) any { return c.ConfigFile }, want: emptyConfig},
-		"bpffs-path":       {value: "/sys/fs/bpf/other", get: func(c Config) any { return c.BPFFSPath }, want: "/sys/fs/bpf/other"},
-		"cgroup-path":      {value: "/sys/fs/cgroup/test.slice", get: func(c Config) any { return c.CgroupPath }, want: "/sys/fs/cgroup/test.slice"},
-		"source":           {value: "kubernetes", also: []string{"--services-file=/srv/s.yaml"}, get: func(c Config) any { return c.Source }, want: "kubernetes"},
-		"services-file":    {value: "/srv/services.yaml", get: func(c Config) any { return c.ServicesFile }, want: "/srv/services.yaml"},
-		"kubeconfig":       {value: "/root/.kube/config", get: func(c Config) any { return c.Kubeconfig }, want: "/root/.kube/config"},
-		"node-name":        {value: "node-a", get: func(c Config) any { return c.NodeName }, want: "node-a"},
+		"config":        {value: emptyConfig, get: func(c Config) any { return c.ConfigFile }, want: emptyConfig},
+		"bpffs-path":    {value: "/sys/fs/bpf/other", get: func(c Config) any { return c.BPFFSPath }, want: "/sys/fs/bpf/other"},
+		"cgroup-path":   {value: "/sys/fs/cgroup/test.slice", get: func(c Config) any { return c.CgroupPath }, want: "/sys/fs/cgroup/test.slice"},
+		"source":        {value: "kubernetes", also: []string{"--services-file=/srv/s.yaml"}, get: func(c Config) any { return c.Source }, want: "kubernetes"},
+		"services-file": {value: "/srv/services.yaml", get: func(c Config) any { return c.ServicesFile }, want: "/srv/services.yaml"},
+		"kubeconfig":    {value: "/root/.kube/config", get: func(c Config) any { return c.Kubeconfig }, want: "/root/.kube/config"},
+		"node-name":     {value: "node-a", get: func(c Config) any { return c.NodeName }, want: "node-a"},
+		"node-zone":     {value: "zone-a", get: func(c Config) any { return c.NodeZone }, want: "zone-a"},
+		"bypass-namespace-selector": {value: "istio-injection=enabled", get: func(c Config) any { return c.BypassNamespaces },
+			want: "istio-injection=enabled"},
+		"bypass-pod-selector": {value: "socklb.io/bypass in (true)", get: func(c Config) any { return c.BypassPods },
+			want: "socklb.io/bypass in (true)"},
 		"service-selector": {value: "env in (prod, qa)", get: func(c Config) any { return c.ServiceSelector }, want: "env in (prod, qa)"},
 		"health-addr":      {value: "127.0.0.1:19811", get: func(c Config) any { return c.HealthAddr }, want: "127.0.0.1:19811"},
 		"metrics-addr":     {value: "[::1]:19810", get: func(c Config) any { return c.MetricsAddr }, want: "[::1]:19810"},
@@ -570,5 +578,16 @@ func TestOutlierFlagsRefuseNonsense(t *testing.T) {
 	} {
 		_, _, err := loadWith(t, tc.arg)
 		wantErrContaining(t, tc.arg, err, tc.want)
+	}
+}
+
+// The kernel matrix's guests set these for the tests, and the agents the
+// tests start inherit them: an agent that refused them would fail every
+// agent test there (as SOCKLB_EMULATED once did).
+func TestToolingEnvCoversTheTestHarnesses(t *testing.T) {
+	for _, name := range []string{testagent.AgentBinEnv, sandbox.AllowMissingFeaturesEnv, sandbox.EmulatedEnv} {
+		if !slices.Contains(toolingEnv, name) {
+			t.Errorf("%s is set by the test harnesses but is not in toolingEnv", name)
+		}
 	}
 }

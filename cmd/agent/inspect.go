@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -112,6 +109,7 @@ func newInspectCmd(v *viper.Viper) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	cmd.AddCommand(newWhyCmd(v))
 	return cmd
 }
 
@@ -285,6 +283,12 @@ func printAgent(w io.Writer, out inspectOutput) {
 	} else {
 		fmt.Fprintf(w, "  NOT READY: %s\n", strings.Join(a.NotReady, "; "))
 	}
+	if len(a.Bypassed) > 0 {
+		fmt.Fprintln(w, "\nBYPASSED PODS (socklb leaves their sockets alone)")
+		for _, b := range a.Bypassed {
+			fmt.Fprintf(w, "  %s  netns cookie %d  %s\n", b.Pod, b.Cookie, b.Why)
+		}
+	}
 	if len(a.OverCapacity) == 0 {
 		return
 	}
@@ -304,38 +308,9 @@ func printAgent(w io.Writer, out inspectOutput) {
 
 // fetchStatus reads the running agent's /status from its health address.
 func fetchStatus(ctx context.Context, healthAddr string) (*statusReport, error) {
-	if healthAddr == "" {
-		return nil, errors.New("the health endpoint is disabled (--health-addr)")
-	}
-	host, port, err := net.SplitHostPort(healthAddr)
-	if err != nil {
-		return nil, fmt.Errorf("health address %q: %w", healthAddr, err)
-	}
-	// An agent listening on every address is reached on loopback.
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-		if ip != nil && ip.To4() == nil {
-			host = "::1"
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	url := "http://" + net.JoinHostPort(host, port) + "/status"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, fmt.Errorf("agent status: %w", err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("agent status (is the agent running?): %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("agent status %s: %s", url, resp.Status)
-	}
 	var r statusReport
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&r); err != nil {
-		return nil, fmt.Errorf("agent status %s: %w", url, err)
+	if err := agentGet(ctx, healthAddr, "/status", nil, &r); err != nil {
+		return nil, err
 	}
 	return &r, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/socklb/socklb/pkg/bypass"
 	"github.com/socklb/socklb/pkg/ejection"
 	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
@@ -160,9 +161,13 @@ func inspectSamples(t *testing.T) [][]byte {
 			return []ejection.Ejected{{Backend: lb.Backend{Addr: ejectedBackend.Addr, Port: ejectedBackend.Port},
 				Until: now.Add(time.Minute), Ejections: 2, Services: []types.NamespacedName{{Namespace: "test", Name: "web"}}}}
 		},
+		bypassed: func() []bypass.Entry {
+			return []bypass.Entry{{Pod: "mesh/client", UID: "0d1e2f30-4a5b-4c6d-8e9f-a0b1c2d3e4f5", Cookie: 4253,
+				Why: "its namespace's labels match --bypass-namespace-selector istio-injection=enabled"}}
+		},
 	}
 	st.setDatapathDrift("link connect4 missing")
-	srv := httptest.NewServer(statusHandler(st))
+	srv := httptest.NewServer(statusHandler(st, nil))
 	defer srv.Close()
 	ctx := context.Background()
 	report, err := fetchStatus(ctx, strings.TrimPrefix(srv.URL, "http://"))

@@ -60,7 +60,7 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	// it nil.
 	var syncer *reconciler.Syncer
 	trigger := func() { syncer.Trigger() }
-	src, runSource, err := newSource(c, selector, trigger, log)
+	src, runSource, client, err := newSource(c, selector, trigger, log)
 	if err != nil {
 		return err
 	}
@@ -140,7 +140,7 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 			MinInterval:       c.MinSync,
 			Burst:             c.SyncBurst,
 			ReconcileInterval: c.ReconcileInterval,
-			Node:              lb.NodeInfo{Name: c.NodeName},
+			Node:              lb.NodeInfo{Name: c.NodeName, Zone: c.NodeZone},
 			ServiceSelector:   selector,
 			OnDeparted:        destroy.Enqueue,
 			Adjuster:          adjuster,
@@ -180,9 +180,23 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	if ejector != nil {
 		g.Go(func() error { return ejection.ReadEvents(ctx, dp.Maps.SocklbEventsV3, ejector.Report, log) })
 	}
+	var pods podClient
+	if client != nil {
+		keeper, runBypass, err := newBypass(c, client, dp, reg, log)
+		if err != nil {
+			return err
+		}
+		if keeper != nil {
+			status.bypassed = keeper.Entries
+			pods = keeper.Client
+			g.Go(func() error { return runBypass(ctx) })
+		}
+	}
 	g.Go(func() error { return checkDatapath(ctx, dp, c.ReconcileInterval, status, syncMetrics, log) })
 	if c.HealthAddr != "" {
-		g.Go(func() error { return serveHTTP(ctx, "health", c.HealthAddr, statusHandler(status), log) })
+		g.Go(func() error {
+			return serveHTTP(ctx, "health", c.HealthAddr, statusHandler(status, whyHandler(whyNode(dp, syncer), pods, maps.NewBypass(&dp.Maps).Has)), log)
+		})
 	}
 	if c.MetricsAddr != "" {
 		g.Go(func() error { return serveHTTP(ctx, "metrics", c.MetricsAddr, metricsHandler(reg, log), log) })
@@ -193,7 +207,9 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 }
 
 // newSource builds the configured source and the function that runs it.
-func newSource(c Config, selector labels.Selector, trigger func(), log *slog.Logger) (reconciler.Source, func(context.Context) error, error) {
+// The Kubernetes source also returns its client, for the bypass's pod
+// watch; the file source returns none.
+func newSource(c Config, selector labels.Selector, trigger func(), log *slog.Logger) (reconciler.Source, func(context.Context) error, kubernetes.Interface, error) {
 	switch c.Source {
 	case sourceFile:
 		src, err := filesource.New(filesource.Options{
@@ -202,17 +218,17 @@ func newSource(c Config, selector labels.Selector, trigger func(), log *slog.Log
 			OnChange: trigger,
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return src, src.Run, nil
+		return src, src.Run, nil, nil
 	case sourceKubernetes:
 		restConfig, err := kubeConfig(c.Kubeconfig)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		client, err := kubernetes.NewForConfig(restConfig)
 		if err != nil {
-			return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+			return nil, nil, nil, fmt.Errorf("kubernetes client: %w", err)
 		}
 		src, err := k8swatch.New(k8swatch.Options{
 			Client:          client,
@@ -222,11 +238,11 @@ func newSource(c Config, selector labels.Selector, trigger func(), log *slog.Log
 			OnChange:        trigger,
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return src, src.Run, nil
+		return src, src.Run, client, nil
 	}
-	return nil, nil, fmt.Errorf("source %q: want %s or %s", c.Source, sourceKubernetes, sourceFile)
+	return nil, nil, nil, fmt.Errorf("source %q: want %s or %s", c.Source, sourceKubernetes, sourceFile)
 }
 
 // kubeConfig uses the kubeconfig file when one is given, else the

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/socklb/socklb/pkg/bypass"
 	"github.com/socklb/socklb/pkg/ejection"
 	"github.com/socklb/socklb/pkg/reconciler"
 )
@@ -22,6 +23,9 @@ type agentStatus struct {
 	// ejected lists the backends outlier ejection keeps out now; nil
 	// when the agent has no ejector.
 	ejected func() []ejection.Ejected
+	// bypassed lists the pods whose sockets socklb leaves alone; nil
+	// without the pod watch.
+	bypassed func() []bypass.Entry
 
 	mu sync.Mutex
 	// datapathDrift is what the last datapath check found and could not
@@ -51,6 +55,8 @@ type statusReport struct {
 	// Ejected lists the backends outlier ejection keeps out of new
 	// connects now, with the Services that leave them out.
 	Ejected []ejectedRow `json:"ejected"`
+	// Bypassed lists the pods whose sockets socklb leaves alone.
+	Bypassed []bypass.Entry `json:"bypassed"`
 }
 
 type ejectedRow struct {
@@ -82,6 +88,10 @@ func (s *agentStatus) report() statusReport {
 		OverCapacity:  []overCapacityRow{},
 	}
 	r.Ejected = []ejectedRow{}
+	r.Bypassed = []bypass.Entry{}
+	if s.bypassed != nil {
+		r.Bypassed = append(r.Bypassed, s.bypassed()...)
+	}
 	if s.ejected != nil {
 		for _, e := range s.ejected() {
 			row := ejectedRow{Backend: e.Backend.String(), Until: e.Until, Ejections: e.Ejections, Services: []string{}}
@@ -123,8 +133,13 @@ func (s *agentStatus) report() statusReport {
 // not wait for the rest: new maps get their programs only after the first
 // sync, and while the source is unreachable a restart would not hasten
 // that (the programs attached before keep serving meanwhile).
-func statusHandler(s *agentStatus) http.Handler {
+//
+// why, when not nil, answers /why (`inspect why`).
+func statusHandler(s *agentStatus, why http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if why != nil {
+		mux.Handle("GET /why", why)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

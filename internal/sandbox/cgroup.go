@@ -69,6 +69,27 @@ func CreateCgroup(prefix string) (c *Cgroup, cleanup func() error, err error) {
 	return c, c.remove, nil
 }
 
+// Child creates the cgroup rel (a relative path, parents made as needed)
+// below c, as the kubelet makes a pod's (kubepods/besteffort/pod<uid>/…),
+// and removes it when the test ends, before c.
+func (c *Cgroup) Child(t testing.TB, rel string) *Cgroup {
+	t.Helper()
+	if filepath.IsAbs(rel) || !filepath.IsLocal(rel) {
+		t.Fatalf("child cgroup %q: want a relative path below %s", rel, c.path)
+	}
+	path := filepath.Join(c.path, rel)
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		t.Fatalf("create cgroup: %v", err)
+	}
+	child := &Cgroup{path: path, origins: map[int]string{}}
+	t.Cleanup(func() {
+		if err := child.remove(); err != nil {
+			t.Errorf("remove cgroup %s: %v", path, err)
+		}
+	})
+	return child
+}
+
 // Path is the cgroup's directory, e.g. /sys/fs/cgroup/unified/socklb-test-…;
 // attach programs here.
 func (c *Cgroup) Path() string { return c.path }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 
 	"github.com/socklb/socklb"
 	"github.com/socklb/socklb/pkg/maps"
@@ -69,10 +68,10 @@ func decodeEvent(raw []byte) (Report, time.Duration, error) {
 	if ev.Kind != uint32(socklb.BpfSocklbEventKindSOCKLB_EV_FAILURES) {
 		return Report{}, 0, fmt.Errorf("unknown kind %d", ev.Kind)
 	}
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return Report{}, 0, fmt.Errorf("boot time clock: %w", err)
+	now, err := maps.BootTime()
+	if err != nil {
+		return Report{}, 0, err
 	}
-	age := time.Duration(ts.Nano() - int64(ev.TimeNs))
+	age := now - time.Duration(ev.TimeNs)
 	return Report{RevNAT: maps.RevNATID(ev.RevNatId), Backend: maps.BackendID(ev.BackendId)}, age, nil
 }

@@ -2,7 +2,8 @@
 // Services, EndpointSlices and this node's Node. Its event handlers only
 // note that something changed and poke the syncer; the syncer reads the
 // informers' caches as one input, and only after every informer has synced,
-// so a restarted agent never programs a partial view.
+// so a restarted agent never programs a partial view. PodSource watches
+// this node's Pods and the Namespaces, which the bypass reads.
 package k8swatch
 
 import (
@@ -76,11 +77,7 @@ func New(opts Options) (*Source, error) {
 		return nil, err
 	}
 	s := &Source{opts: opts, log: opts.Logger}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { opts.OnChange() },
-		UpdateFunc: func(any, any) { opts.OnChange() },
-		DeleteFunc: func(any) { opts.OnChange() },
-	}
+	handler := changeHandler(opts.OnChange)
 	watch := func(inf cache.SharedIndexInformer) error {
 		reg, err := inf.AddEventHandler(handler)
 		if err != nil {
@@ -143,24 +140,42 @@ func serverSideSelector(user labels.Selector) (string, error) {
 // Run starts the informers and blocks until ctx is done. It pokes
 // OnChange once every informer has synced.
 func (s *Source) Run(ctx context.Context) error {
-	for _, f := range s.factories {
+	start := time.Now()
+	s.log.Info("waiting for informers to sync", "node", s.opts.NodeName)
+	serve(ctx, s.factories, s.synced, func() {
+		s.ready.Store(true)
+		s.log.Info("informers synced", "took", time.Since(start).Round(time.Millisecond))
+		s.opts.OnChange()
+	})
+	return nil
+}
+
+// serve starts the factories, calls ready once the informers have
+// synced, and shuts the factories down when ctx is done.
+func serve(ctx context.Context, factories []informers.SharedInformerFactory, synced []cache.InformerSynced, ready func()) {
+	for _, f := range factories {
 		f.Start(ctx.Done())
 	}
 	defer func() {
-		for _, f := range s.factories {
+		for _, f := range factories {
 			f.Shutdown()
 		}
 	}()
-	start := time.Now()
-	s.log.Info("waiting for informers to sync", "node", s.opts.NodeName)
-	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
-		return nil // ctx ended first
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return // ctx ended first
 	}
-	s.ready.Store(true)
-	s.log.Info("informers synced", "took", time.Since(start).Round(time.Millisecond))
-	s.opts.OnChange()
+	ready()
 	<-ctx.Done()
-	return nil
+}
+
+// changeHandler calls onChange for every add, update and delete: the
+// handlers only note that something changed.
+func changeHandler(onChange func()) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { onChange() },
+		UpdateFunc: func(any, any) { onChange() },
+		DeleteFunc: func(any) { onChange() },
+	}
 }
 
 // HasSynced is true once every informer has its first full list.

@@ -1525,6 +1525,7 @@ func TestCompute(t *testing.T) {
 			}
 			st, warns := Compute(in)
 			checkOutput(t, st, warns)
+			checkExplainAgrees(t, in, st)
 			if got := render(st); !slices.Equal(got, tt.want) {
 				t.Errorf("state:\ngot:\n\t%s\nwant:\n\t%s", strings.Join(got, "\n\t"), strings.Join(tt.want, "\n\t"))
 			}
@@ -1834,6 +1835,7 @@ func FuzzCompute(f *testing.F) {
 		in := fuzzInput(&b)
 		st, warns := Compute(in)
 		checkOutput(t, st, warns)
+		checkExplainAgrees(t, in, st)
 		nodeAddrs := nodePortAddrs(in.Node.Addresses)
 		for _, s := range st.Services {
 			if s.TrafficLocal && in.Node.Name == "" && len(s.Backends) > 0 {

@@ -143,6 +143,9 @@ type candidate struct {
 	ready   bool
 	serving bool // with !live: serving and terminating, the fallback set
 	local   bool // on the node this agent runs on
+	// nodeName is endpoints[].nodeName of a sighting that set it, for
+	// Explain.
+	nodeName string
 	// zones and nodes are the union of the topology hints; nil when none.
 	zones, nodes map[string]bool
 }
@@ -159,6 +162,9 @@ func (c *candidate) add(e endpoint, nodeName string) {
 	// kube-proxy only knows an endpoint as local when it knows its own
 	// node name.
 	c.local = c.local || (nodeName != "" && e.nodeName == nodeName)
+	if c.nodeName == "" {
+		c.nodeName = e.nodeName
+	}
 	c.zones = addAll(c.zones, e.zoneHints)
 	c.nodes = addAll(c.nodes, e.nodeHints)
 }
@@ -215,30 +221,72 @@ func candidatesFor(parsed []parsedSlice, is4 bool, portName string, proto Proto,
 //     endpoint anywhere is ready.
 //
 // The fallback lets a service whose pods are all shutting down drain instead
-// of refusing.
+// of refusing. Each candidate's fate, in or out and why, is selection's
+// reason: Explain reports the same reasons.
 func chooseBackends(cands map[Backend]*candidate, local bool, node NodeInfo) []Backend {
-	keep := func(use func(*candidate) bool) []Backend {
-		var out []Backend
-		for b, c := range cands {
-			if use(c) {
-				out = append(out, b)
-			}
+	sel := newSelection(cands, local, node)
+	var out []Backend
+	for b, c := range cands {
+		if sel.reason(c).Used() {
+			out = append(out, b)
 		}
-		slices.SortFunc(out, Backend.Compare)
-		return out
 	}
-	servingTerminating := func(c *candidate) bool { return !c.live && c.serving }
-	if local {
-		if out := keep(func(c *candidate) bool { return c.local && c.ready }); len(out) > 0 {
-			return out
+	slices.SortFunc(out, Backend.Compare)
+	return out
+}
+
+// selection is the rule that chooseBackends applies to each candidate of
+// one frontend.
+type selection struct {
+	local    bool
+	node     NodeInfo
+	topo     topology
+	fallback bool // no candidate is in the primary set
+}
+
+func newSelection(cands map[Backend]*candidate, local bool, node NodeInfo) selection {
+	s := selection{local: local, node: node, fallback: true}
+	if !local {
+		s.topo = topologyFor(cands, node)
+	}
+	for _, c := range cands {
+		if s.primary(c) {
+			s.fallback = false
+			break
 		}
-		return keep(func(c *candidate) bool { return c.local && servingTerminating(c) })
 	}
-	topo := topologyFor(cands, node)
-	if out := keep(func(c *candidate) bool { return c.ready && topo.allows(c, node) }); len(out) > 0 {
-		return out
+	return s
+}
+
+// primary: ready and, with the Local policy, on this node, or else where
+// the topology allows.
+func (s selection) primary(c *candidate) bool {
+	if s.local {
+		return c.local && c.ready
 	}
-	return keep(servingTerminating)
+	return c.ready && s.topo.allows(c, s.node)
+}
+
+// reason says why c is used or not.
+func (s selection) reason(c *candidate) Reason {
+	servingTerminating := !c.live && c.serving
+	switch {
+	case s.local && !c.local:
+		return ReasonOtherNode
+	case s.primary(c):
+		return ReasonReady
+	case s.fallback && servingTerminating:
+		return ReasonServingTerminating
+	case c.ready && s.topo == sameZone:
+		return ReasonOtherZone
+	case c.ready && s.topo == sameNode:
+		return ReasonOtherNodeHint
+	case servingTerminating:
+		return ReasonTerminating
+	case !c.live:
+		return ReasonTerminatingNotServing
+	}
+	return ReasonNotReady
 }
 
 // topology is the narrowing topology hints ask for.

@@ -70,7 +70,8 @@ type Options struct {
 	// (frontends plus two halves of backend slots each). The maps that
 	// scale with it follow: the member map (one entry per slot) gets as
 	// many entries, the counter and name maps (one entry per frontend)
-	// half as many.
+	// and the cluster IP map (one entry per address of ClusterIP
+	// frontends, so at most one per frontend) half as many.
 	MaxServiceEntries uint32
 	// MaxBackendEntries overrides the backend map size when non-zero.
 	MaxBackendEntries uint32
@@ -92,6 +93,8 @@ const (
 	mapBackendStats = socklb.BpfMapSocklbBestatV3
 	mapEjections    = socklb.BpfMapSocklbEjectV3
 	mapAvoid        = socklb.BpfMapSocklbAvoidV3
+	// One entry per cluster IP, at most one per frontend.
+	mapVIPs = socklb.BpfMapSocklbVipV3
 )
 
 // Datapath holds the loaded maps and programs of a running agent and, once

@@ -32,6 +32,7 @@ func setMapSizes(spec *ebpf.CollectionSpec, opts Options) error {
 		{mapMember, opts.MaxServiceEntries},
 		{mapCounters, opts.MaxServiceEntries / 2},
 		{mapNames, opts.MaxServiceEntries / 2},
+		{mapVIPs, opts.MaxServiceEntries / 2},
 		{mapBackend, opts.MaxBackendEntries},
 		{mapBackendStats, opts.MaxBackendEntries},
 		{mapEjections, opts.MaxBackendEntries},

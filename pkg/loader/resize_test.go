@@ -71,6 +71,12 @@ func TestPrivilegedFinding2ResizePinnedMap(t *testing.T) {
 	if info, err := m.Info(); err != nil || info.MaxEntries != 4096 {
 		t.Fatalf("service map: %+v, %v; want 4096 entries", info, err)
 	}
+	// The maps of one entry per frontend, or fewer, get half.
+	for _, half := range []*ebpf.Map{dp.Maps.SocklbCntV3, dp.Maps.SocklbNameV3, dp.Maps.SocklbVipV3} {
+		if half.MaxEntries() != 2048 {
+			t.Errorf("%v: %d entries, want 2048, half the service map", half, half.MaxEntries())
+		}
+	}
 	key, val := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
 	key[0] = 1
 	if err := m.Put(key, val); err != nil {

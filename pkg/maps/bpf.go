@@ -23,12 +23,14 @@ func New(m *socklb.BpfMaps) Maps {
 		stat:  ebpfTable[uint32, socklb.BpfBackendStats]{m.SocklbBestatV3, socklb.BpfMapSocklbBestatV3},
 		ej:    ebpfTable[socklb.BpfBackend, socklb.BpfEjection]{m.SocklbEjectV3, socklb.BpfMapSocklbEjectV3},
 		avoid: ebpfTable[uint32, uint64]{m.SocklbAvoidV3, socklb.BpfMapSocklbAvoidV3},
+		vip:   ebpfTable[socklb.BpfVipKey, socklb.BpfVipValue]{m.SocklbVipV3, socklb.BpfMapSocklbVipV3},
 		capacity: Capacity{
 			Services: maxEntries(m.SocklbSvcV3),
 			Backends: maxEntries(m.SocklbBeV3),
 			Members:  maxEntries(m.SocklbMembV3),
 			Counters: maxEntries(m.SocklbCntV3),
 			Names:    maxEntries(m.SocklbNameV3),
+			VIPs:     maxEntries(m.SocklbVipV3),
 		},
 	}
 }
@@ -59,6 +61,7 @@ var DefaultCapacity = sync.OnceValues(func() (Capacity, error) {
 		Members:  entries(socklb.BpfMapSocklbMembV3),
 		Counters: entries(socklb.BpfMapSocklbCntV3),
 		Names:    entries(socklb.BpfMapSocklbNameV3),
+		VIPs:     entries(socklb.BpfMapSocklbVipV3),
 	}, nil
 })
 

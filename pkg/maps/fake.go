@@ -29,6 +29,7 @@ type Fake struct {
 	stat      map[uint32]socklb.BpfBackendStats
 	ej        map[socklb.BpfBackend]socklb.BpfEjection
 	avoid     map[uint32]uint64
+	vip       map[socklb.BpfVipKey]socklb.BpfVipValue
 	onWrite   func()
 	failWrite func(Write) error
 }
@@ -61,6 +62,7 @@ func NewFakeWithCapacity(c Capacity) *Fake {
 		Members:  orDefault(c.Members, def.Members),
 		Counters: orDefault(c.Counters, def.Counters),
 		Names:    orDefault(c.Names, def.Names),
+		VIPs:     orDefault(c.VIPs, def.VIPs),
 	}
 	f := &Fake{
 		svc:   make(map[socklb.BpfSvcKey]socklb.BpfSvcValue),
@@ -72,6 +74,7 @@ func NewFakeWithCapacity(c Capacity) *Fake {
 		stat:  make(map[uint32]socklb.BpfBackendStats),
 		ej:    make(map[socklb.BpfBackend]socklb.BpfEjection),
 		avoid: make(map[uint32]uint64),
+		vip:   make(map[socklb.BpfVipKey]socklb.BpfVipValue),
 	}
 	f.store = &store{
 		svc:      memTable[socklb.BpfSvcKey, socklb.BpfSvcValue]{f, f.svc, socklb.BpfMapSocklbSvcV3, c.Services},
@@ -83,6 +86,7 @@ func NewFakeWithCapacity(c Capacity) *Fake {
 		stat:     memTable[uint32, socklb.BpfBackendStats]{f, f.stat, socklb.BpfMapSocklbBestatV3, c.Backends},
 		ej:       memTable[socklb.BpfBackend, socklb.BpfEjection]{f, f.ej, socklb.BpfMapSocklbEjectV3, c.Backends},
 		avoid:    memTable[uint32, uint64]{f, f.avoid, socklb.BpfMapSocklbAvoidV3, c.Backends},
+		vip:      memTable[socklb.BpfVipKey, socklb.BpfVipValue]{f, f.vip, socklb.BpfMapSocklbVipV3, c.VIPs},
 		capacity: c,
 	}
 	return f
@@ -107,9 +111,16 @@ func (f *Fake) FailWrites(fn func(Write) error) {
 // the program refuses such a connect with ECONNREFUSED.
 var ErrNoBackend = errors.New("no backend")
 
+// ErrUnknownPort is what Lookup and SendTo return for a cluster IP (see
+// AddVIP) at a port and protocol that no frontend has; the program refuses
+// such a connect or send with ECONNREFUSED and counts it.
+var ErrUnknownPort = errors.New("cluster IP at a port without a frontend")
+
 // Lookup resolves fe to the backend in live slot n (0-based, modulo the
 // count), as the program would with n as its random number. ok is false
-// when fe is not a service. It also counts the connect, as the program does.
+// when fe is not a frontend; err is then ErrUnknownPort if fe's address is
+// a cluster IP, else nil (the connect goes to fe itself). It also counts
+// the connect, as the program does.
 func (f *Fake) Lookup(fe Frontend, n uint32) (b Backend, ok bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -126,7 +137,7 @@ func (f *Fake) selectLocked(fe Frontend, n uint32) (slot socklb.BpfSvcValue, b B
 	}
 	e, ok := f.svc[k]
 	if !ok {
-		return slot, Backend{}, false, nil
+		return slot, Backend{}, false, f.refuseLocked(k)
 	}
 	c := f.cnt[e.RevNatId]
 	defer func() { f.cnt[e.RevNatId] = c }()
@@ -143,6 +154,19 @@ func (f *Fake) selectLocked(fe Frontend, n uint32) (slot socklb.BpfSvcValue, b B
 	// where the connect goes.
 	c.Connects++
 	return slot, toBackend(slot.Backend), true, nil
+}
+
+// refuseLocked is the program's vip_refuse for a frontend key that missed:
+// ErrUnknownPort, counted, if the address is a cluster IP, else nil.
+func (f *Fake) refuseLocked(k socklb.BpfSvcKey) error {
+	vk := socklb.BpfVipKey{Addr: k.Addr}
+	v, ok := f.vip[vk]
+	if !ok {
+		return nil
+	}
+	v.Refused++
+	f.vip[vk] = v
+	return ErrUnknownPort
 }
 
 // UDPSocket is what the program remembers of one unconnected UDP socket
@@ -164,7 +188,8 @@ func (s *UDPSocket) Backend() (BackendID, bool) { return BackendID(s.backend), s
 // of fe has the same frontend id and that backend's member entry exists;
 // it then goes to the backend map's value for the id. Otherwise it goes to
 // live slot n, as Lookup, and the socket remembers it. Every send that
-// goes to a backend is counted as a connect.
+// goes to a backend is counted as a connect. A cluster IP at a port that
+// no frontend has is refused, as by Lookup.
 func (f *Fake) SendTo(sock *UDPSocket, fe Frontend, n uint32) (b Backend, ok bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -174,7 +199,7 @@ func (f *Fake) SendTo(sock *UDPSocket, fe Frontend, n uint32) (b Backend, ok boo
 	}
 	e, ok := f.svc[k]
 	if !ok {
-		return Backend{}, false, nil
+		return Backend{}, false, f.refuseLocked(k)
 	}
 	vip := keyFrontend(k)
 	vip.Proto = 0

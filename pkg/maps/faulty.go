@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
 )
 
@@ -17,6 +18,9 @@ const (
 	OpServices       Op = "Services"
 	OpBackends       Op = "Backends"
 	OpPrune          Op = "Prune"
+	OpAddVIP         Op = "AddVIP"
+	OpDeleteVIP      Op = "DeleteVIP"
+	OpVIPs           Op = "VIPs"
 )
 
 // Faulty wraps Maps and fails the calls that Fail says to, without
@@ -114,6 +118,27 @@ func (f *Faulty) Backends() (map[BackendID]Backend, error) {
 func (f *Faulty) Counters(id RevNATID) (Counters, error) { return f.Inner.Counters(id) }
 
 func (f *Faulty) Capacity() Capacity { return f.Inner.Capacity() }
+
+func (f *Faulty) AddVIP(addr netip.Addr) error {
+	if err := f.check(OpAddVIP); err != nil {
+		return err
+	}
+	return f.Inner.AddVIP(addr)
+}
+
+func (f *Faulty) DeleteVIP(addr netip.Addr) error {
+	if err := f.check(OpDeleteVIP); err != nil {
+		return err
+	}
+	return f.Inner.DeleteVIP(addr)
+}
+
+func (f *Faulty) VIPs() ([]netip.Addr, error) {
+	if err := f.check(OpVIPs); err != nil {
+		return nil, err
+	}
+	return f.Inner.VIPs()
+}
 
 func (f *Faulty) Prune() (int, error) {
 	if err := f.check(OpPrune); err != nil {

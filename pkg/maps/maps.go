@@ -1,7 +1,8 @@
 // Package maps is the typed Go API over socklb's BPF maps: the service map
 // (Cilium-style slots, each backend slot with a copy of its backend), the
 // backend map, the membership map (which backends each frontend lists, for
-// unconnected UDP), per-CPU counters and frontend names.
+// unconnected UDP), per-CPU counters, frontend names and the cluster IPs
+// whose ports without a frontend are refused.
 // It owns the map contract's byte order and the double-buffered publish that
 // lets readers never see a mix of two backend sets. The same logic runs over
 // the kernel's maps (New) and over an in-memory fake (NewFake).
@@ -75,6 +76,9 @@ type Capacity struct {
 	// Counters and Names have one entry per frontend.
 	Counters int
 	Names    int
+	// VIPs is the cluster IP map: one entry per address of the published
+	// ClusterIP frontends, so never more than Counters and Names hold.
+	VIPs int
 }
 
 // Frontend is a service address as the programs look it up.
@@ -172,6 +176,15 @@ type Maps interface {
 	Backends() (map[BackendID]Backend, error)
 	// Counters returns the counters of one frontend.
 	Counters(id RevNATID) (Counters, error)
+	// AddVIP makes addr a cluster IP: a connect or send to it at a port
+	// and protocol that no frontend has is refused (ECONNREFUSED) rather
+	// than left alone. Adding an address that is there already is success
+	// and keeps its refusal count.
+	AddVIP(addr netip.Addr) error
+	// DeleteVIP makes addr's ports without a frontend left alone again.
+	DeleteVIP(addr netip.Addr) error
+	// VIPs returns the addresses in the cluster IP map, sorted.
+	VIPs() ([]netip.Addr, error)
 	// Prune deletes what an interrupted publish or delete leaves behind:
 	// slots that no live service entry refers to, and member entries
 	// that no live set lists (of a frontend that is not live, or of a

@@ -206,12 +206,12 @@ func TestMapErrorsNameTheMapAndWrapSentinels(t *testing.T) {
 }
 
 func TestFakeEnforcesCapacity(t *testing.T) {
-	f := NewFakeWithCapacity(Capacity{Services: 5, Backends: 2, Members: 3, Counters: 2, Names: 2})
+	f := NewFakeWithCapacity(Capacity{Services: 5, Backends: 2, Members: 3, Counters: 2, Names: 2, VIPs: 2})
 	def, err := DefaultCapacity()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := f.Capacity(); c != (Capacity{Services: 5, Backends: 2, Members: 3, Counters: 2, Names: 2}) {
+	if c := f.Capacity(); c != (Capacity{Services: 5, Backends: 2, Members: 3, Counters: 2, Names: 2, VIPs: 2}) {
 		t.Errorf("Capacity() = %+v", c)
 	}
 	if c := NewFake().Capacity(); c != def || c.Services != 524288 || c.Members != 524288 {

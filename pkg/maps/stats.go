@@ -3,6 +3,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -37,6 +38,10 @@ type Stats interface {
 	BackendStats() (map[BackendID]BackendStats, error)
 	// Backends returns every backend in the backend map.
 	Backends() (map[BackendID]Backend, error)
+	// VIPRefusals returns, for each cluster IP in the map, the connects
+	// and sends to it refused because no frontend has their port and
+	// protocol. An address's count goes with its entry.
+	VIPRefusals() (map[netip.Addr]uint64, error)
 }
 
 // BackendStats are one backend's connect outcomes from this node (struct
@@ -109,6 +114,7 @@ func MapUsage(m *socklb.BpfMaps) ([]Usage, error) {
 		{m.SocklbNameV3, countBatch[uint32, socklb.BpfSvcName]},
 		{m.SocklbAffV3, countBatch[socklb.BpfAffinityKey, socklb.BpfAffinityValue]},
 		{m.SocklbGoneV3, countBatch[socklb.BpfDeparture, uint8]},
+		{m.SocklbVipV3, countBatch[socklb.BpfVipKey, socklb.BpfVipValue]},
 	}
 	out := make([]Usage, 0, len(counters))
 	var errs []error

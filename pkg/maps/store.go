@@ -45,6 +45,8 @@ type store struct {
 	// avoid holds the backends the programs avoid until the agent has
 	// decided on them.
 	avoid table[uint32, uint64]
+	// vip holds the cluster IPs, with their refusal counts.
+	vip table[socklb.BpfVipKey, socklb.BpfVipValue]
 
 	capacity Capacity
 

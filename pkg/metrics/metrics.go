@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -142,8 +143,14 @@ type Datapath struct {
 	mu      sync.Mutex
 	last    map[maps.RevNATID]frontendSeen
 	carried map[serviceKey]maps.Counters
+	// The refusals at cluster IPs are counted per address, and an
+	// address's count goes with its entry (its Service deleted). So that
+	// the total never falls, the last count seen of an address that went,
+	// or came back lower, stays in vipGone.
+	lastVIP map[netip.Addr]uint64
+	vipGone uint64
 
-	connects, refused, entries, maxEntries, fill, feature, scrapeErrors *prometheus.Desc
+	connects, refused, unknownPort, entries, maxEntries, fill, feature, scrapeErrors *prometheus.Desc
 }
 
 // NewDatapath returns a collector over stats and usage (maps.MapUsage on
@@ -160,6 +167,9 @@ func NewDatapath(stats maps.Stats, usage func() ([]maps.Usage, error), features 
 		refused: prometheus.NewDesc(namespace+"_service_no_backend_refusals_total",
 			"Connects to a Service port refused with ECONNREFUSED because it had no backend, summed over the port's frontends.",
 			svcLabels, nil),
+		unknownPort: prometheus.NewDesc(namespace+"_unknown_port_refusals_total",
+			"Connects and sends to a cluster IP at a port and protocol that its Service does not have, refused with ECONNREFUSED.",
+			nil, nil),
 		entries: prometheus.NewDesc(namespace+"_map_entries",
 			"Entries in a BPF map.", []string{"map"}, nil),
 		maxEntries: prometheus.NewDesc(namespace+"_map_max_entries",
@@ -175,7 +185,7 @@ func NewDatapath(stats maps.Stats, usage func() ([]maps.Usage, error), features 
 
 // Describe implements prometheus.Collector.
 func (d *Datapath) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{d.connects, d.refused, d.entries, d.maxEntries, d.fill, d.feature, d.scrapeErrors} {
+	for _, desc := range []*prometheus.Desc{d.connects, d.refused, d.unknownPort, d.entries, d.maxEntries, d.fill, d.feature, d.scrapeErrors} {
 		ch <- desc
 	}
 }
@@ -219,6 +229,24 @@ func (d *Datapath) sumByPort(fronts []maps.FrontendStats) map[serviceKey]maps.Co
 	return sums
 }
 
+// vipTotal sums the refusals of the cluster IPs in now, plus what the
+// addresses gone since the last scrape had counted, and remembers now.
+func (d *Datapath) vipTotal(now map[netip.Addr]uint64) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for a, prev := range d.lastVIP {
+		if cur, ok := now[a]; !ok || cur < prev {
+			d.vipGone += prev
+		}
+	}
+	d.lastVIP = now
+	total := d.vipGone
+	for _, n := range now {
+		total += n
+	}
+	return total
+}
+
 func add(a, b maps.Counters) maps.Counters {
 	return maps.Counters{Connects: a.Connects + b.Connects, Refused: a.Refused + b.Refused}
 }
@@ -241,6 +269,12 @@ func (d *Datapath) Collect(ch chan<- prometheus.Metric) {
 	for k, c := range sums {
 		ch <- prometheus.MustNewConstMetric(d.connects, prometheus.CounterValue, float64(c.Connects), k.namespace, k.service, k.port)
 		ch <- prometheus.MustNewConstMetric(d.refused, prometheus.CounterValue, float64(c.Refused), k.namespace, k.service, k.port)
+	}
+	if vips, err := d.stats.VIPRefusals(); err != nil {
+		d.log.Warn("metrics: read cluster IP refusals", "error", err)
+		failed = 1
+	} else {
+		ch <- prometheus.MustNewConstMetric(d.unknownPort, prometheus.CounterValue, float64(d.vipTotal(vips)))
 	}
 	if d.usage != nil {
 		usage, err := d.usage()

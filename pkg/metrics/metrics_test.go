@@ -93,6 +93,10 @@ func (failingStats) Backends() (map[maps.BackendID]maps.Backend, error) {
 	return nil, errors.New("map gone")
 }
 
+func (failingStats) VIPRefusals() (map[netip.Addr]uint64, error) {
+	return nil, errors.New("map gone")
+}
+
 func TestDatapathReportsAFailedReadWithoutFailingTheScrape(t *testing.T) {
 	d := NewDatapath(failingStats{}, nil, nil, slog.New(slog.DiscardHandler))
 	want := `

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -27,12 +28,15 @@ type Drift struct {
 	MissingBackends, UnknownBackends, ChangedBackends int
 	// StrayEntries are slots and members no live frontend refers to.
 	StrayEntries int
+	// MissingVIPs and UnknownVIPs: the same for the cluster IP map.
+	MissingVIPs, UnknownVIPs int
 }
 
 // Total is the number of differences.
 func (d Drift) Total() int {
 	return d.MissingFrontends + d.UnknownFrontends + d.ChangedFrontends + d.DamagedFrontends +
-		d.MissingBackends + d.UnknownBackends + d.ChangedBackends + d.StrayEntries
+		d.MissingBackends + d.UnknownBackends + d.ChangedBackends + d.StrayEntries +
+		d.MissingVIPs + d.UnknownVIPs
 }
 
 // Counts returns the non-zero differences by kind, for a metric label.
@@ -43,6 +47,7 @@ func (d Drift) Counts() map[string]int {
 		"changed_frontend": d.ChangedFrontends, "damaged_frontend": d.DamagedFrontends,
 		"missing_backend": d.MissingBackends, "unknown_backend": d.UnknownBackends,
 		"changed_backend": d.ChangedBackends, "stray_entry": d.StrayEntries,
+		"missing_cluster_ip": d.MissingVIPs, "unknown_cluster_ip": d.UnknownVIPs,
 	} {
 		if v > 0 {
 			out[k] = v
@@ -101,4 +106,21 @@ func compareWithKernel(services map[maps.Frontend]written, ids map[maps.BackendI
 		}
 	}
 	return d
+}
+
+// compareVIPs compares the cluster IPs written with those read back.
+func compareVIPs(written map[netip.Addr]bool, read []netip.Addr) (missing, unknown int) {
+	seen := make(map[netip.Addr]bool, len(read))
+	for _, a := range read {
+		seen[a] = true
+		if !written[a] {
+			unknown++
+		}
+	}
+	for a := range written {
+		if !seen[a] {
+			missing++
+		}
+	}
+	return missing, unknown
 }

@@ -3,6 +3,7 @@ package reconciler
 import (
 	"cmp"
 	stdmaps "maps"
+	"net/netip"
 	"slices"
 
 	"github.com/socklb/socklb/pkg/maps"
@@ -31,6 +32,9 @@ const (
 	stepAddBackend
 	stepPublish
 	stepDeleteBackend
+	// The cluster IP map's: placeVIPs puts them between the others.
+	stepAddVIP
+	stepDeleteVIP
 )
 
 // step is one write of a plan, executed in order.
@@ -40,6 +44,7 @@ type step struct {
 	svc     desiredService // stepPublish
 	backend maps.Backend   // stepAddBackend
 	id      maps.BackendID // stepDeleteBackend
+	vip     netip.Addr     // stepAddVIP, stepDeleteVIP
 }
 
 // OverCapacity is a frontend the maps have no room for. A frontend that
@@ -68,6 +73,12 @@ type planInput struct {
 	want []desiredService
 	gone []maps.Frontend
 	used usage
+	// vips are the addresses in the cluster IP map, vipRefs the number of
+	// published ClusterIP frontends of each address, vipCheck the
+	// addresses whose entry placeVIPs checks whatever the steps.
+	vips     map[netip.Addr]bool
+	vipRefs  map[netip.Addr]int
+	vipCheck map[netip.Addr]bool
 	// limit is each map's size.
 	limit usage
 	// reserve is kept free in the service and member maps beyond what the
@@ -80,6 +91,10 @@ type plan struct {
 	steps   []step
 	over    []OverCapacity
 	reserve int // the reserve after the plan
+	// blocked are the addresses of ClusterIP frontends in over that are
+	// not served: not in the cluster IP map, so that their ports are not
+	// refused; the next plan checks them again.
+	blocked map[netip.Addr]bool
 }
 
 // makePlan orders the writes of one sync so that progress is always
@@ -87,10 +102,11 @@ type plan struct {
 // served frontends (a shrink always fits in the reserve), then new
 // frontends of served Services, then new Services, each admitted only if
 // it fits with the reserve kept. What does not fit is listed in over, in a
-// deterministic order: Services by name, frontends by address. It is a
-// pure function of its input.
+// deterministic order: Services by name, frontends by address. The cluster
+// IP map's writes go in between (placeVIPs). It is a pure function of its
+// input.
 func makePlan(in planInput) plan {
-	p := plan{reserve: in.reserve}
+	p := plan{reserve: in.reserve, blocked: map[netip.Addr]bool{}}
 	used := in.used
 	// delta is the change of each backend's reference count by the plan.
 	delta := map[maps.BackendID]int{}
@@ -225,6 +241,12 @@ func makePlan(in planInput) plan {
 		p.over = append(p.over, OverCapacity{
 			Service: d.service, Name: d.name, Frontend: d.fe, Backends: len(d.backends), Stale: stale,
 		})
+		if !stale && isClusterIP(d.flags) {
+			// A port of the Service that is not served must not be
+			// refused as one it does not have: it is left alone,
+			// and so are the address's others.
+			p.blocked[d.fe.Addr] = true
+		}
 	}
 
 	var fresh []int
@@ -291,6 +313,7 @@ func makePlan(in planInput) plan {
 
 	// 4. Backends that no frontend lists after the plan.
 	gc(false)
+	p.steps = placeVIPs(in, p.steps, p.blocked)
 	slices.SortFunc(p.over, func(a, b OverCapacity) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), compareFrontends(a.Frontend, b.Frontend))
 	})

@@ -29,6 +29,7 @@ func buildPlanInput(served, want []frontendSpec, gone []string, limit usage) pla
 		services: map[maps.Frontend]written{}, backends: map[maps.Backend]maps.BackendID{},
 		ids: map[maps.BackendID]maps.Backend{}, refs: map[maps.BackendID]int{}, unused: map[maps.BackendID]bool{},
 		served: map[string]int{}, limit: limit,
+		vips: map[netip.Addr]bool{}, vipRefs: map[netip.Addr]int{}, vipCheck: map[netip.Addr]bool{},
 	}
 	for _, s := range served {
 		w := written{name: s.service + ":", service: s.service}
@@ -40,6 +41,10 @@ func buildPlanInput(served, want []frontendSpec, gone []string, limit usage) pla
 		}
 		in.services[fe(s.vip)] = w
 		in.served[s.service]++
+		// The maps are as the reconciler leaves them: each cluster IP
+		// of a served frontend is in the cluster IP map.
+		in.vipRefs[fe(s.vip).Addr]++
+		in.vips[fe(s.vip).Addr] = true
 		in.used.entries += 1 + len(s.backends)
 		in.used.members += len(s.backends)
 		in.used.frontends++
@@ -69,6 +74,10 @@ func (s step) String() string {
 		return fmt.Sprintf("publish %s/%d", s.svc.fe.Addr, len(s.svc.backends))
 	case stepDeleteBackend:
 		return fmt.Sprintf("unref %d", s.id)
+	case stepAddVIP:
+		return "vip+ " + s.vip.String()
+	case stepDeleteVIP:
+		return "vip- " + s.vip.String()
 	}
 	return "?"
 }
@@ -89,7 +98,7 @@ func TestPlanTable(t *testing.T) {
 		want:   []frontendSpec{{"10.0.0.3", "a/three", []int{4}}},
 		gone:   []string{"10.0.0.1"},
 		limit:  unlimited,
-		steps:  "delete 10.0.0.1, unref 1, unref 2, add 4, publish 10.0.0.3/1",
+		steps:  "vip- 10.0.0.1, delete 10.0.0.1, unref 1, unref 2, add 4, publish 10.0.0.3/1, vip+ 10.0.0.3",
 	}, {
 		name: "a full map still takes a delete and a shrink",
 		// 3+1 + 3+1 = 8 entries, reserve 3 → limit 11 is as full as it gets.
@@ -97,7 +106,7 @@ func TestPlanTable(t *testing.T) {
 		want:   []frontendSpec{{"10.0.0.2", "a/two", []int{4}}},
 		gone:   []string{"10.0.0.1"},
 		limit:  usage{entries: 11, members: 11, backends: 6, frontends: 2},
-		steps:  "delete 10.0.0.1, unref 1, unref 2, unref 3, publish 10.0.0.2/1, unref 5, unref 6",
+		steps:  "vip- 10.0.0.1, delete 10.0.0.1, unref 1, unref 2, unref 3, publish 10.0.0.2/1, unref 5, unref 6",
 	}, {
 		name:   "a same-size change fits in the reserve when nothing else does",
 		served: []frontendSpec{{"10.0.0.1", "a/one", []int{1, 2}}},
@@ -120,13 +129,13 @@ func TestPlanTable(t *testing.T) {
 		// served: 2 entries, reserve 1. z/served's new frontend: +2 → 4,
 		// +1 reserve = 5. a/new needs +4 more: 8 + 1 > 8.
 		limit: usage{entries: 8, members: 8, backends: 8, frontends: 8},
-		steps: "publish 10.0.0.3/1",
+		steps: "publish 10.0.0.3/1, vip+ 10.0.0.3",
 		over:  "a/new: 10.0.0.1:80/TCP, a/new: 10.0.0.2:80/TCP",
 	}, {
 		name:  "the backend map's size counts too",
 		want:  []frontendSpec{{"10.0.0.1", "a/one", []int{1, 2}}, {"10.0.0.2", "b/two", []int{3, 4}}},
 		limit: usage{entries: 100, members: 100, backends: 3, frontends: 100},
-		steps: "add 1, add 2, publish 10.0.0.1/2",
+		steps: "add 1, add 2, publish 10.0.0.1/2, vip+ 10.0.0.1",
 		over:  "b/two: 10.0.0.2:80/TCP",
 	}} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -56,6 +57,12 @@ type Reconciler struct {
 	unused map[maps.BackendID]bool
 	// served counts the frontends of each Service in services.
 	served map[string]int
+	// vips are the addresses in the cluster IP map; vipRefs counts the
+	// ClusterIP frontends in services of each address; vipCheck are the
+	// addresses the next plan checks whatever it writes (see placeVIPs).
+	vips     map[netip.Addr]bool
+	vipRefs  map[netip.Addr]int
+	vipCheck map[netip.Addr]bool
 	// used is what services and ids occupy in the maps, limit the maps'
 	// sizes, reserve the room kept free for republishing (see planInput).
 	used    usage
@@ -100,9 +107,12 @@ func New(m maps.Maps, log *slog.Logger) *Reconciler {
 		}
 		return n
 	}
+	// The cluster IP map holds an address only while it has a published
+	// frontend (placeVIPs): limiting the frontends to its size keeps it
+	// from ever being full.
 	return &Reconciler{maps: m, log: log, limit: usage{
 		entries: size(c.Services), members: size(c.Members), backends: size(c.Backends),
-		frontends: min(size(c.Counters), size(c.Names)),
+		frontends: min(size(c.Counters), size(c.Names), size(c.VIPs)),
 	}}
 }
 
@@ -112,6 +122,9 @@ type Stats struct {
 	Published, Deleted             int // frontends written or removed
 	BackendsAdded, BackendsRemoved int
 	Skipped                        int // frontends the dataplane cannot program
+	// VIPs are the cluster IPs in the map after the sync, VIPsAdded and
+	// VIPsDeleted what it wrote there.
+	VIPs, VIPsAdded, VIPsDeleted int
 	// OverCapacity lists the frontends the maps have no room for, sorted
 	// by Service and frontend.
 	OverCapacity []OverCapacity
@@ -153,9 +166,14 @@ func (r *Reconciler) restore() (Drift, error) {
 	if err != nil {
 		return Drift{}, fmt.Errorf("restore: %w", err)
 	}
+	vips, err := r.maps.VIPs()
+	if err != nil {
+		return Drift{}, fmt.Errorf("restore: %w", err)
+	}
 	var drift Drift
 	if r.reread {
 		drift = compareWithKernel(r.services, r.ids, svcs, bes)
+		drift.MissingVIPs, drift.UnknownVIPs = compareVIPs(r.vips, vips)
 	} else {
 		for _, s := range svcs {
 			if len(s.Damage) > 0 {
@@ -171,6 +189,11 @@ func (r *Reconciler) restore() (Drift, error) {
 	r.refs = make(map[maps.BackendID]int, len(bes))
 	r.unused = make(map[maps.BackendID]bool)
 	r.served = make(map[string]int)
+	r.vips = make(map[netip.Addr]bool, len(vips))
+	r.vipRefs = make(map[netip.Addr]int, len(vips))
+	for _, a := range vips {
+		r.vips[a] = true
+	}
 	r.used = usage{backends: len(bes)}
 	r.complete = false
 	// The next ids only grow in a process: an id a reread finds free may
@@ -196,13 +219,22 @@ func (r *Reconciler) restore() (Drift, error) {
 		r.revNATs[s.RevNATID] = s.Frontend
 		r.nextRevNAT = max(r.nextRevNAT, s.RevNATID)
 		r.ref(s.Backends)
-		r.account(w, 1)
+		r.account(s.Frontend, w, 1)
 		r.reserve = max(r.reserve, len(s.Backends))
 	}
 	for id := range r.ids {
 		if r.refs[id] == 0 {
 			r.unused[id] = true
 		}
+	}
+	// What the cluster IP map holds was read, not written: the next plan
+	// checks every address against its frontends.
+	r.vipCheck = make(map[netip.Addr]bool, len(r.vips)+len(r.vipRefs))
+	for a := range r.vips {
+		r.vipCheck[a] = true
+	}
+	for a := range r.vipRefs {
+		r.vipCheck[a] = true
 	}
 	first := !r.reread
 	r.restored, r.reread = true, true
@@ -215,12 +247,19 @@ func (r *Reconciler) restore() (Drift, error) {
 	if first {
 		level = slog.LevelInfo
 	}
-	r.log.Log(context.Background(), level, "restored state from maps", "services", len(svcs), "backends", len(bes))
+	r.log.Log(context.Background(), level, "restored state from maps", "services", len(svcs), "backends", len(bes),
+		"cluster_ips", len(vips))
 	return drift, nil
 }
 
-// account adds (sign 1) or removes (sign -1) w's entries from the usage.
-func (r *Reconciler) account(w written, sign int) {
+// account adds (sign 1) or removes (sign -1) w, the frontend fe, from the
+// usage and the counts of frontends per Service and per cluster IP.
+func (r *Reconciler) account(fe maps.Frontend, w written, sign int) {
+	if isClusterIP(w.flags) {
+		if r.vipRefs[fe.Addr] += sign; r.vipRefs[fe.Addr] <= 0 {
+			delete(r.vipRefs, fe.Addr)
+		}
+	}
 	k := len(w.backends)
 	r.used.entries += sign * (1 + k)
 	r.used.members += sign * k
@@ -326,11 +365,13 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 	p := makePlan(planInput{
 		services: r.services, backends: r.backends, ids: r.ids, refs: r.refs, unused: r.unused,
 		served: r.served, want: want, gone: gone, used: r.used, limit: r.limit, reserve: r.reserve,
+		vips: r.vips, vipRefs: r.vipRefs, vipCheck: r.vipCheck,
 	})
 	if err := r.write(p, &st); err != nil {
 		return st, err
 	}
 	r.reserve = p.reserve
+	r.vipCheck = p.blocked
 	for id := range r.unused {
 		if _, known := r.ids[id]; !known || r.refs[id] > 0 {
 			delete(r.unused, id)
@@ -348,7 +389,7 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 	}
 	r.applied, r.spare = next, r.applied
 	r.complete, r.skipped = true, skipped
-	st.Services, st.Backends, st.Skipped = len(r.services), len(r.ids), r.skipped
+	st.Services, st.Backends, st.Skipped, st.VIPs = len(r.services), len(r.ids), r.skipped, len(r.vips)
 	st.OverCapacity = p.over
 	return st, nil
 }

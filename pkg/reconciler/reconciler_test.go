@@ -234,7 +234,7 @@ func TestRecoversFromAFaultAtEveryStep(t *testing.T) {
 				return nil
 			})
 			f.OnWrite(func() {
-				if err := f.CheckConsistent(); err != nil {
+				if err := errors.Join(f.CheckConsistent(), checkVIPs(f)); err != nil {
 					t.Fatalf("fault %d: inconsistent: %v", n, err)
 				}
 			})
@@ -419,7 +419,7 @@ func TestIncrementalAppliesMatchAFreshApply(t *testing.T) {
 		faulty := maps.NewFaulty(f, nil)
 		r := New(faulty, nil)
 		f.OnWrite(func() {
-			if err := f.CheckConsistent(); err != nil {
+			if err := errors.Join(f.CheckConsistent(), checkVIPs(f)); err != nil {
 				t.Fatalf("seed %d: a reader could fail: %v", seed, err)
 			}
 		})
@@ -451,11 +451,14 @@ func TestIncrementalAppliesMatchAFreshApply(t *testing.T) {
 			if got, want := dump(t, f), dump(t, fresh); got != want {
 				t.Fatalf("seed %d step %d: incremental maps\n%s\nfresh maps\n%s", seed, step, got, want)
 			}
+			if got, want := vipsOf(t, f), vipsOf(t, fresh); !slices.Equal(got, want) {
+				t.Fatalf("seed %d step %d: incremental cluster IPs %v, fresh %v", seed, step, got, want)
+			}
 			if stats.Services != freshStats.Services || stats.Backends != freshStats.Backends {
 				t.Fatalf("seed %d step %d: stats %+v, fresh %+v", seed, step, stats, freshStats)
 			}
 			again, err := r.Apply(st)
-			if err != nil || again.Published+again.Deleted+again.BackendsAdded+again.BackendsRemoved != 0 {
+			if err != nil || again.Published+again.Deleted+again.BackendsAdded+again.BackendsRemoved+again.VIPsAdded+again.VIPsDeleted != 0 {
 				t.Fatalf("seed %d step %d: the same state again wrote %+v, %v", seed, step, again, err)
 			}
 		}

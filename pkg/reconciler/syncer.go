@@ -76,6 +76,7 @@ type Syncer struct {
 	// reconcileDue asks the next sync for a full reconciliation.
 	reconcileDue atomic.Bool
 	over         atomic.Pointer[[]OverCapacity]
+	facts        atomic.Pointer[lb.Facts]
 
 	lastWarnings []lb.Warning
 	lastOver     []OverCapacity
@@ -213,30 +214,12 @@ func (s *Syncer) Run(ctx context.Context) error {
 }
 
 func (s *Syncer) syncOnce() error {
-	for _, src := range s.sources {
-		if !src.HasSynced() {
-			// The source triggers again once it has synced; programming a
-			// partial view would drop live services.
-			s.log.Debug("sync deferred: a source has not synced yet")
-			return nil
-		}
-	}
-	in := lb.Input{Node: s.opts.Node, ServiceSelector: s.opts.ServiceSelector, Defaults: s.opts.Defaults}
-	for _, src := range s.sources {
-		i := src.Input()
-		in.Services = append(in.Services, i.Services...)
-		in.EndpointSlices = append(in.EndpointSlices, i.EndpointSlices...)
-		// Node facts come from several sources (configuration, the
-		// Node object, netlink): each fills in what it knows.
-		if i.Node.Name != "" {
-			in.Node.Name = i.Node.Name
-		}
-		if i.Node.Zone != "" {
-			in.Node.Zone = i.Node.Zone
-		}
-		if i.Node.Addresses != nil {
-			in.Node.Addresses = i.Node.Addresses
-		}
+	in, ok := s.Input()
+	if !ok {
+		// The source triggers again once it has synced; programming a
+		// partial view would drop live services.
+		s.log.Debug("sync deferred: a source has not synced yet")
+		return nil
 	}
 	if s.reconcileDue.Swap(false) {
 		s.rec.Reconcile()
@@ -274,6 +257,7 @@ func (s *Syncer) syncOnce() error {
 	}
 	s.inSync.Store(true)
 	s.reportOverCapacity(st.OverCapacity)
+	s.keepFacts(state, st.OverCapacity)
 	if len(st.Departed) > 0 && s.opts.OnDeparted != nil {
 		s.opts.OnDeparted(st.Departed)
 	}
@@ -315,6 +299,64 @@ func (s *Syncer) reportOverCapacity(over []OverCapacity) {
 	}
 	s.log.Error("the BPF maps are full: frontends not programmed (raise --service-map-entries or --backend-map-entries)",
 		"frontends", len(over), "kept_older_version", stale, "first", names)
+}
+
+// Input merges the sources' current objects into the model's input;
+// false while a source has not synced. Safe for concurrent use, as the
+// sources' Input is.
+func (s *Syncer) Input() (lb.Input, bool) {
+	for _, src := range s.sources {
+		if !src.HasSynced() {
+			return lb.Input{}, false
+		}
+	}
+	in := lb.Input{Node: s.opts.Node, ServiceSelector: s.opts.ServiceSelector, Defaults: s.opts.Defaults}
+	for _, src := range s.sources {
+		i := src.Input()
+		in.Services = append(in.Services, i.Services...)
+		in.EndpointSlices = append(in.EndpointSlices, i.EndpointSlices...)
+		// Node facts come from several sources (configuration, the
+		// Node object, netlink): each fills in what it knows.
+		if i.Node.Name != "" {
+			in.Node.Name = i.Node.Name
+		}
+		if i.Node.Zone != "" {
+			in.Node.Zone = i.Node.Zone
+		}
+		if i.Node.Addresses != nil {
+			in.Node.Addresses = i.Node.Addresses
+		}
+	}
+	return in, true
+}
+
+// Facts returns what the last successful sync wrote besides the model's
+// state: the members ejection left out and the frontends without room.
+// Safe for concurrent use.
+func (s *Syncer) Facts() lb.Facts {
+	if p := s.facts.Load(); p != nil {
+		return *p
+	}
+	return lb.Facts{}
+}
+
+// keepFacts records the facts of a successful sync of state.
+func (s *Syncer) keepFacts(state lb.State, over []OverCapacity) {
+	f := lb.Facts{OverCapacity: make(map[lb.Frontend]bool, len(over))}
+	for _, o := range over {
+		f.OverCapacity[lb.Frontend{Addr: o.Frontend.Addr, Port: o.Frontend.Port, Proto: lb.Proto(o.Frontend.Proto)}] = o.Stale
+	}
+	if s.opts.Adjuster != nil {
+		for _, svc := range state.Services {
+			if len(svc.Ejected) > 0 {
+				if f.Ejected == nil {
+					f.Ejected = make(map[lb.Frontend][]lb.Backend)
+				}
+				f.Ejected[svc.Frontend] = svc.Ejected
+			}
+		}
+	}
+	s.facts.Store(&f)
 }
 
 // wakeAt arranges a sync at t (none when t is zero), replacing the one

@@ -3,6 +3,7 @@ package reconciler
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -42,6 +43,10 @@ func (r *Reconciler) write(p plan, st *Stats) error {
 			err = r.publish(s.svc, st)
 		case stepDeleteBackend:
 			err = r.deleteBackend(s.id, st)
+		case stepAddVIP:
+			err = r.addVIP(s.vip, st)
+		case stepDeleteVIP:
+			err = r.deleteVIP(s.vip, st)
 		}
 		if err != nil {
 			return err
@@ -61,7 +66,7 @@ func (r *Reconciler) deleteFrontend(fe maps.Frontend, st *Stats) error {
 	st.Departed = append(st.Departed, departures(old.revNAT, append(slices.Clone(old.backends), old.held...), nil)...)
 	r.unref(old.backends)
 	r.unref(old.held)
-	r.account(old, -1)
+	r.account(fe, old, -1)
 	delete(r.revNATs, old.revNAT)
 	delete(r.services, fe)
 	st.Deleted++
@@ -128,13 +133,13 @@ func (r *Reconciler) publish(d desiredService, st *Stats) error {
 		// the Service, ejected or not, is.
 		before := append(slices.Clone(old.backends), old.held...)
 		st.Departed = append(st.Departed, departures(revNAT, before, append(slices.Clone(ids), held...))...)
-		r.account(old, -1)
+		r.account(d.fe, old, -1)
 	}
 	r.ref(ids)
 	r.ref(held)
 	r.unref(old.backends)
 	r.unref(old.held)
-	r.account(w, 1)
+	r.account(d.fe, w, 1)
 	r.services[d.fe] = w
 	r.revNATs[revNAT] = d.fe
 	st.Published++
@@ -156,5 +161,23 @@ func (r *Reconciler) deleteBackend(id maps.BackendID, st *Stats) error {
 	delete(r.unused, id)
 	r.used.backends--
 	st.BackendsRemoved++
+	return nil
+}
+
+func (r *Reconciler) addVIP(a netip.Addr, st *Stats) error {
+	if err := retry(func() error { return r.maps.AddVIP(a) }); err != nil {
+		return fmt.Errorf("add cluster IP %s: %w", a, err)
+	}
+	r.vips[a] = true
+	st.VIPsAdded++
+	return nil
+}
+
+func (r *Reconciler) deleteVIP(a netip.Addr, st *Stats) error {
+	if err := retry(func() error { return r.maps.DeleteVIP(a) }); err != nil {
+		return fmt.Errorf("delete cluster IP %s: %w", a, err)
+	}
+	delete(r.vips, a)
+	st.VIPsDeleted++
 	return nil
 }

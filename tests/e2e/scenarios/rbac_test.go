@@ -56,7 +56,8 @@ type access struct {
 }
 
 // agentNeeds is what the agent does with the API (pkg/k8swatch: informers
-// on Services, EndpointSlices and its own Node). Nothing else is allowed.
+// on Services, EndpointSlices and its own Node, and for the bypass on its
+// node's Pods and the Namespaces). Nothing else is allowed.
 var agentNeeds = []access{
 	{"list", "", "services", ""},
 	{"watch", "", "services", ""},
@@ -64,15 +65,22 @@ var agentNeeds = []access{
 	{"watch", "discovery.k8s.io", "endpointslices", ""},
 	{"list", "", "nodes", ""},
 	{"watch", "", "nodes", ""},
+	{"list", "", "pods", ""},
+	{"watch", "", "pods", ""},
+	{"list", "", "namespaces", ""},
+	{"watch", "", "namespaces", ""},
 }
 
 // agentMustNot are requests an over-broad role would allow: reading
-// secrets or pods, any write, and get (the informers never get).
+// secrets, any write, and get (the informers never get).
 var agentMustNot = []access{
 	{"get", "", "secrets", "kube-system"},
 	{"list", "", "secrets", ""},
 	{"list", "", "configmaps", "kube-system"},
-	{"list", "", "pods", ""},
+	{"get", "", "pods", testNS},
+	{"get", "", "namespaces", ""},
+	{"list", "", "pods/log", testNS},
+	{"create", "", "pods/exec", testNS},
 	{"get", "", "services", testNS},
 	{"get", "discovery.k8s.io", "endpointslices", testNS},
 	{"get", "", "nodes", ""},

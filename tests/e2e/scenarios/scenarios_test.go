@@ -113,7 +113,9 @@ func TestPrivilegedPortAdded(t *testing.T) {
 	e.pod(t, "web-2", "198.18.0.2", "node-a", web, true)
 	svc := e.service(t, "web", web, nil)
 	e.waitOutcomes(t, a, vip(svc, 80), "web-1", "web-2")
-	e.waitOutcomes(t, a, vip(svc, 81), "unreachable")
+	// A port the Service does not have yet: refused at once, as
+	// kube-proxy's nftables mode rejects it.
+	e.waitOutcomes(t, a, vip(svc, 81), "refused")
 
 	svc, err := e.c.Client.CoreV1().Services(testNS).Get(ctxFor(t), "web", metav1.GetOptions{})
 	if err != nil {

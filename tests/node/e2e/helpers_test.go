@@ -31,6 +31,8 @@ type nodeEnv struct {
 	n    *harness.Node
 	fp   *harness.Footprint
 	repo string // the repository's root
+	// probeBin is the nodeprobe binary on the host (the probe image's).
+	probeBin string
 	// agentImages are the agent image's two tags in the node's
 	// containerd: socklb-agent:latest (what deploy/ names) and the
 	// version tag `make image` adds.

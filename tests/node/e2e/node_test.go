@@ -33,7 +33,7 @@ func TestPrivilegedNode(t *testing.T) {
 		probeBin := buildProbe(t, repo)
 		n := harness.Start(t, harness.Options{ClusterDNS: []string{clusterDNS}, Images: []string{archive}})
 		fp = n.Footprint()
-		e := &nodeEnv{n: n, fp: fp, repo: repo}
+		e := &nodeEnv{n: n, fp: fp, repo: repo, probeBin: probeBin}
 		e.agentImages(t)
 		n.ImportBinaryImage(t, harness.ImageSpec{Binary: probeBin, Path: "/nodeprobe"}, probeImage)
 		n.ImportBinaryImage(t, harness.ImageSpec{Binary: n.Binaries.CoreDNS, Path: "/coredns"}, corednsImage)
@@ -50,10 +50,12 @@ func TestPrivilegedNode(t *testing.T) {
 			{"4_rollout_restart", (*nodeEnv).rolloutRestart},
 			{"5_agent_upgrade_and_delete", (*nodeEnv).agentUpgrade},
 			{"6_nodeport_and_metrics", (*nodeEnv).nodePortMetrics},
+			{"8_bypass", (*nodeEnv).bypassed},
 			{"privileged_to_capabilities_in_place", (*nodeEnv).switchToCapabilities},
 			{"removed_and_cleaned_up", (*nodeEnv).removeAgent},
 			{"1_daemonset_ready_capabilities_fresh", func(e *nodeEnv, t *testing.T) { e.deployAgent(t, "capabilities") }},
 			{"2_balanced_capabilities", (*nodeEnv).balanced},
+			{"9_bypass_capabilities", (*nodeEnv).bypassCapabilities},
 		} {
 			if !t.Run(s.name, func(t *testing.T) { s.run(e, t) }) {
 				t.Fatalf("scenario %s failed; the later ones depend on it", s.name)

@@ -10,6 +10,10 @@
 //	nodeprobe touch PATH                     create PATH (ends a connect loop)
 //	nodeprobe resolve NAME...                Go's resolver (connected UDP)
 //	nodeprobe dns --mode udp-connected|udp-sendto|tcp --name NAME [--server IP]
+//	nodeprobe selfserve --vip IP [--port 80]  answer "self" on the VIP in the pod (NET_ADMIN)
+//	nodeprobe firstconnect --vip IP [--port 80] [--for 10s] [--confirm 50]
+//	                                         the same, then connect to it from the start
+//	nodeprobe nscookie PATH                  a network namespace file's cookie
 //
 // It is built static (CGO off): the image holds this file alone.
 package main
@@ -32,7 +36,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nodeprobe serve|idle|connect|touch|resolve|dns [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nodeprobe serve|idle|connect|touch|resolve|dns|selfserve|firstconnect|nscookie [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -51,6 +55,12 @@ func main() {
 		err = resolve(args)
 	case "dns":
 		err = dnsQuery(args)
+	case "selfserve":
+		err = selfserve(args)
+	case "firstconnect":
+		err = firstconnect(args)
+	case "nscookie":
+		err = nscookie(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}

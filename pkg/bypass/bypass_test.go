@@ -1,0 +1,291 @@
+package bypass
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+func pod(ns, name, uid string, labels, annotations map[string]string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid),
+		Labels: labels, Annotations: annotations}}
+}
+
+func mustSelector(t *testing.T, s string) Rules {
+	t.Helper()
+	sel, err := ParseSelector(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Rules{Namespaces: sel, Pods: sel}
+}
+
+func TestDecide(t *testing.T) {
+	mesh := mustSelector(t, "istio-injection=enabled")
+	hostNet := pod("a", "h", "u", nil, map[string]string{Annotation: "true"})
+	hostNet.Spec.HostNetwork = true
+	for _, tt := range []struct {
+		name      string
+		pod       *corev1.Pod
+		ns        map[string]string
+		rules     Rules
+		bypass    bool
+		why, warn string
+	}{
+		{name: "nothing asks", pod: pod("a", "p", "u", nil, nil), rules: mesh},
+		{name: "no selectors select nothing", pod: pod("a", "p", "u", map[string]string{"x": "y"}, nil), ns: map[string]string{}},
+		{name: "annotation true", pod: pod("a", "p", "u", nil, map[string]string{Annotation: "true"}), bypass: true, why: "annotation"},
+		{name: "pod selector", pod: pod("a", "p", "u", map[string]string{"istio-injection": "enabled"}, nil), rules: mesh,
+			bypass: true, why: "--bypass-pod-selector"},
+		{name: "namespace selector", pod: pod("a", "p", "u", nil, nil), ns: map[string]string{"istio-injection": "enabled"},
+			rules: mesh, bypass: true, why: "--bypass-namespace-selector"},
+		{name: "annotation false opts back in", pod: pod("a", "p", "u", nil, map[string]string{Annotation: "false"}),
+			ns: map[string]string{"istio-injection": "enabled"}, rules: mesh, why: `"false"`},
+		{name: "a bad annotation is ignored with a warning", pod: pod("a", "p", "u", nil, map[string]string{Annotation: "yes"}),
+			ns: map[string]string{"istio-injection": "enabled"}, rules: mesh, bypass: true, why: "namespace", warn: `"yes" is not true or false`},
+		{name: "hostNetwork never", pod: hostNet, why: "hostNetwork"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Decide(tt.pod, tt.ns, tt.rules)
+			if d.Bypass != tt.bypass || !strings.Contains(d.Why, tt.why) || !strings.Contains(d.Warning, tt.warn) ||
+				(tt.warn == "" && d.Warning != "") {
+				t.Errorf("%+v; want bypass %v, why containing %q, warning %q", d, tt.bypass, tt.why, tt.warn)
+			}
+		})
+	}
+	if _, err := ParseSelector("a in (b"); err == nil {
+		t.Error("a broken selector parsed")
+	}
+	if sel, err := ParseSelector("  "); sel != nil || err != nil {
+		t.Errorf("a blank selector: %v, %v; want nil (nothing)", sel, err)
+	}
+}
+
+const (
+	uidA = "0d1e2f30-4a5b-4c6d-8e9f-a0b1c2d3e4f5"
+	uidB = "11111111-2222-3333-4444-555555555555"
+	uidC = "33333333-2222-3333-4444-555555555555"
+)
+
+func TestPodUID(t *testing.T) {
+	for name, want := range map[string]string{
+		"pod" + uidA: uidA,
+		"kubepods-besteffort-pod" + strings.ReplaceAll(uidB, "-", "_") + ".slice": uidB,
+		"kubepods-pod" + strings.ReplaceAll(uidA, "-", "_") + ".slice":            uidA,
+		"podcast":                  "",
+		"burstable":                "",
+		"cri-containerd-abc":       "",
+		"pod" + uidA + "-x":        "",
+		"kubepods-burstable.slice": "",
+	} {
+		got, ok := podUID(name)
+		if string(got) != want || ok != (want != "") {
+			t.Errorf("podUID(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+}
+
+// tree makes a fake cgroup tree: pod dirs with container dirs whose
+// cgroup.procs list pids.
+func tree(t *testing.T, procs map[string][]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for dir, pids := range procs {
+		p := filepath.Join(root, dir)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "cgroup.procs"), []byte(strings.Join(pids, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+type fakeTable struct {
+	mu  sync.Mutex
+	set map[uint64]bool
+	err error
+}
+
+func (f *fakeTable) Cookies() ([]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []uint64
+	for c := range f.set {
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (f *fakeTable) Put(c uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	f.set[c] = true
+	return nil
+}
+
+func (f *fakeTable) Delete(c uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.set, c)
+	return nil
+}
+
+func TestKeeperRound(t *testing.T) {
+	root := tree(t, map[string][]string{
+		"kubepods/besteffort/pod" + uidA + "/ctr1": {"100"}, // still in the node's netns: skipped
+		"kubepods/besteffort/pod" + uidA + "/ctr2": {"101"},
+		"kubepods/pod" + uidB + "/ctr":             {"200"},
+	})
+	pods := []*corev1.Pod{
+		pod("mesh", "a", uidA, nil, nil),
+		pod("plain", "b", uidB, nil, map[string]string{Annotation: "true"}),
+		pod("mesh", "c", "22222222-2222-3333-4444-555555555555", nil, nil), // no cgroup yet
+	}
+	nsLabels := map[string]map[string]string{"mesh": {"istio-injection": "enabled"}, "plain": {}}
+	table := &fakeTable{set: map[uint64]bool{999: true}} // a previous agent's entry, no longer wanted
+	var mu sync.Mutex                                    // the informers' caches are safe for concurrent use; so are these
+	k, err := New(Options{
+		Rules: mustSelector(t, "istio-injection=enabled"), CgroupRoot: root, Table: table,
+		Pods: func() []*corev1.Pod { mu.Lock(); defer mu.Unlock(); return slices.Clone(pods) },
+		Namespace: func(n string) (map[string]string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			l, ok := nsLabels[n]
+			return l, ok
+		},
+		Synced: func() bool { return true },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.find.self = 7
+	k.find.cookieOf = func(pid int) (uint64, error) {
+		switch pid {
+		case 100:
+			return 7, nil
+		case 101:
+			return 11, nil
+		case 200:
+			return 22, nil
+		}
+		return 0, errors.New("no such process")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	waitFor(t, "pods a and b bypassed, the stale entry gone", func() bool {
+		got, _ := table.Cookies()
+		return slices.Equal(got, []uint64{11, 22})
+	})
+	if e := k.Entries(); len(e) != 2 || e[0].Pod != "mesh/a" || e[1].Pod != "plain/b" {
+		t.Errorf("entries %+v", e)
+	}
+	// The namespace loses its label: a is no longer bypassed.
+	mu.Lock()
+	nsLabels["mesh"] = map[string]string{}
+	mu.Unlock()
+	k.Trigger()
+	waitFor(t, "pod a no longer bypassed", func() bool {
+		got, _ := table.Cookies()
+		return slices.Equal(got, []uint64{22})
+	})
+	// Pod b goes: its entry too.
+	mu.Lock()
+	pods = pods[:1]
+	mu.Unlock()
+	k.Trigger()
+	waitFor(t, "pod b's entry gone", func() bool {
+		got, _ := table.Cookies()
+		return len(got) == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// An agent that may not read a pod's namespace says so for that pod
+// (once) and does not poll it as a sandbox still starting.
+func TestKeeperCannotSee(t *testing.T) {
+	hidden, denied := "kubepods/besteffort/pod"+uidA, "kubepods/besteffort/pod"+uidB
+	root := tree(t, map[string][]string{
+		hidden + "/pause":              {"0"}, // outside the agent's PID namespace
+		hidden + "/ctr":                {"0", "0"},
+		denied + "/pause":              {"300"}, // pause as 65535: EACCES without CAP_SYS_PTRACE
+		"kubepods/pod" + uidC + "/ctr": {},
+	})
+	f := &finder{root: root, self: 7, cookieOf: func(pid int) (uint64, error) {
+		return 0, fmt.Errorf("open netns /proc/%d/ns/net: %w", pid, syscall.EACCES)
+	}}
+	for _, tt := range []struct{ dir, want string }{
+		{hidden, "none of its processes is in the agent's PID namespace (cgroup.procs lists 3 as 0; the agent needs hostPID: true)"},
+		{denied, "1 of its processes: open netns /proc/300/ns/net: permission denied"},
+	} {
+		_, err := f.netnsOf(filepath.Join(root, tt.dir))
+		if !errors.Is(err, errCannotSee) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("netnsOf(%s) = %v; want errCannotSee saying %q", tt.dir, err, tt.want)
+		}
+	}
+	if _, err := f.netnsOf(filepath.Join(root, "kubepods/pod"+uidC)); !errors.Is(err, errNoProcess) {
+		t.Errorf("netnsOf of a pod with no process yet = %v; want errNoProcess", err)
+	}
+
+	var logs strings.Builder
+	pods := []*corev1.Pod{
+		pod("a", "hidden", uidA, nil, map[string]string{Annotation: "true"}),
+		pod("a", "denied", uidB, nil, map[string]string{Annotation: "true"}),
+	}
+	k, err := New(Options{CgroupRoot: root, Table: &fakeTable{set: map[uint64]bool{}},
+		Pods:      func() []*corev1.Pod { return pods },
+		Namespace: func(string) (map[string]string, bool) { return nil, false },
+		Synced:    func() bool { return true },
+		Log:       slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.find = f
+	for range 3 {
+		if err := k.round(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k.pending != 0 || len(k.Entries()) != 0 {
+		t.Errorf("pending %d, entries %+v; want neither: waiting cannot help", k.pending, k.Entries())
+	}
+	for _, p := range []string{"a/hidden", "a/denied"} {
+		if n := strings.Count(logs.String(), "pod not bypassed as asked\" pod="+p+" "); n != 1 {
+			t.Errorf("pod %s: %d warnings in three rounds, want 1:\n%s", p, n, logs.String())
+		}
+	}
+}

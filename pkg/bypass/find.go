@@ -1,0 +1,186 @@
+package bypass
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/socklb/socklb/pkg/netnsid"
+)
+
+// maxPodDepth bounds the search for pod cgroups below the root: kubelet
+// puts them at kubepods/pod<uid> or kubepods/<qos>/pod<uid> (cgroupfs),
+// or kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice
+// (systemd), below its cgroupRoot, which may itself be nested.
+const maxPodDepth = 6
+
+// finder finds the network namespace of a pod through its cgroup: the
+// kubelet names the pod's cgroup after its UID, and every process of the
+// pod (the sandbox's pause process first) lives in that cgroup's subtree
+// and in the pod's network namespace.
+type finder struct {
+	root string // the cgroup2 directory the pod cgroups are under
+	self uint64 // the agent's own netns cookie (the node's): never a pod's
+	// cookieOf reads the cookie of /proc/PID/ns/net; a test replaces it.
+	cookieOf func(pid int) (uint64, error)
+}
+
+func newFinder(root string) (*finder, error) {
+	self, err := netnsid.Current()
+	if err != nil {
+		return nil, fmt.Errorf("the agent's own network namespace: %w", err)
+	}
+	return &finder{root: root, self: self, cookieOf: func(pid int) (uint64, error) {
+		return netnsid.Cookie("/proc/" + strconv.Itoa(pid) + "/ns/net")
+	}}, nil
+}
+
+// podDirs finds the pod cgroups below the root, by UID.
+func (f *finder) podDirs() (map[types.UID]string, error) {
+	out := make(map[types.UID]string)
+	rootDepth := strings.Count(filepath.Clean(f.root), string(filepath.Separator))
+	err := filepath.WalkDir(f.root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == f.root {
+				return err
+			}
+			return nil // a cgroup removed during the walk
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if uid, ok := podUID(d.Name()); ok {
+			out[uid] = path
+			return fs.SkipDir // containers below, no other pods
+		}
+		if strings.Count(path, string(filepath.Separator))-rootDepth >= maxPodDepth {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("look for pod cgroups under %s: %w", f.root, err)
+	}
+	return out, nil
+}
+
+// podUID reads a pod UID from a kubelet cgroup name: "pod<uid>"
+// (cgroupfs) or "kubepods[-<qos>]-pod<uid with _ for ->.slice" (systemd).
+func podUID(name string) (types.UID, bool) {
+	if uid, ok := strings.CutPrefix(name, "pod"); ok && looksLikeUID(uid) {
+		return types.UID(uid), true
+	}
+	if s, ok := strings.CutSuffix(name, ".slice"); ok {
+		if i := strings.LastIndex(s, "-pod"); i >= 0 {
+			uid := strings.ReplaceAll(s[i+len("-pod"):], "_", "-")
+			if looksLikeUID(uid) {
+				return types.UID(uid), true
+			}
+		}
+	}
+	return "", false
+}
+
+// looksLikeUID: 36 characters of hex digits and dashes, as Kubernetes
+// writes UIDs.
+func looksLikeUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for _, c := range s {
+		if c != '-' && (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// errNoProcess: the pod's cgroup has no process in a network namespace of
+// its own yet (the sandbox is being created).
+var errNoProcess = errors.New("no process of the pod in a network namespace of its own yet")
+
+// errCannotSee: the pod has processes, but the agent cannot read their
+// network namespace, and will not by waiting: it lacks a privilege. The
+// error says which.
+var errCannotSee = errors.New("the agent cannot read the network namespace of the pod's processes")
+
+// netnsOf returns the cookie of the network namespace of the processes in
+// the pod cgroup dir. A process still in the node's namespace is skipped:
+// the runtime moves its init into the cgroup before it enters the pod's
+// namespaces. When no process gives a cookie because the agent may not
+// see them (no hostPID: cgroup.procs lists them as 0) or may not open
+// their /proc/PID/ns/net (another user's process, e.g. the sandbox's
+// pause as 65535, or one holding capabilities the agent lacks, needs
+// CAP_SYS_PTRACE), it returns errCannotSee: else the pod would wait
+// forever, polled, for a namespace the agent can never read.
+func (f *finder) netnsOf(dir string) (uint64, error) {
+	var found uint64
+	hidden, denied := 0, 0
+	var deniedErr error
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() || found != 0 {
+			return nil
+		}
+		pids, invisible, err := readPIDs(filepath.Join(path, "cgroup.procs"))
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		hidden += invisible
+		for _, pid := range pids {
+			c, err := f.cookieOf(pid)
+			if errors.Is(err, fs.ErrPermission) {
+				denied++
+				deniedErr = err
+				continue
+			}
+			if err != nil || c == f.self || c == 0 {
+				continue // gone, or not in the pod's namespace yet
+			}
+			found = c
+			return fs.SkipAll
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("look for the processes of %s: %w", dir, err)
+	case found != 0:
+		return found, nil
+	case denied > 0:
+		return 0, fmt.Errorf("%w: %d of its processes: %w (opening /proc/PID/ns/net of a process of another user, "+
+			"or of one with capabilities the agent lacks, needs CAP_SYS_PTRACE)", errCannotSee, denied, deniedErr)
+	case hidden > 0:
+		return 0, fmt.Errorf("%w: none of its processes is in the agent's PID namespace (cgroup.procs lists %d as 0; "+
+			"the agent needs hostPID: true)", errCannotSee, hidden)
+	}
+	return 0, errNoProcess
+}
+
+// readPIDs reads a cgroup.procs file: the PIDs, and how many processes
+// it lists as 0 (those outside the reader's PID namespace).
+func readPIDs(path string) (pids []int, invisible int, err error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	for sc.Scan() {
+		pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
+		switch {
+		case err != nil:
+		case pid > 0:
+			pids = append(pids, pid)
+		case pid == 0:
+			invisible++
+		}
+	}
+	return pids, invisible, sc.Err()
+}

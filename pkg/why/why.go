@@ -1,0 +1,317 @@
+// Package why answers `inspect why ADDR:PORT`: it joins the model's
+// explanation of an address (lb.Explain: which Service, which endpoints
+// and the rule that put each in or left it out) with what this node
+// holds for it: the kernel's entry and slots, the counters, the outlier
+// ejections and a client's affinity. It decides nothing itself; the
+// reasons are the model's.
+package why
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/socklb/socklb/pkg/lb"
+	"github.com/socklb/socklb/pkg/maps"
+)
+
+// ErrNotSynced: the agent has no complete view of the objects yet.
+var ErrNotSynced = errors.New("the agent has not synced its sources yet")
+
+// ErrQuery: the address to explain does not parse.
+var ErrQuery = errors.New("bad query")
+
+// Node is where Explain reads what it joins. Every func must be safe to
+// call from any goroutine.
+type Node struct {
+	// Input is the model's input now; false before every source synced.
+	Input func() (lb.Input, bool)
+	// Facts are what the last sync wrote besides the model's state.
+	Facts func() lb.Facts
+	// Kernel reads single entries of the maps.
+	Kernel maps.Reader
+	// Ejections reads the pinned ejection record; nil without one.
+	Ejections func() (map[maps.Backend]maps.Ejection, error)
+	// Now is the wall clock, BootNow the boot-time clock the maps'
+	// timestamps use.
+	Now     func() time.Time
+	BootNow func() (time.Duration, error)
+}
+
+// Client is the client a question is asked for: its network namespace,
+// by the cookie the programs key affinity with.
+type Client struct {
+	// Name says how it was given: a pod's namespace/name or a netns path.
+	Name   string `json:"name"`
+	Cookie uint64 `json:"netnsCookie"`
+	// Bypassed: socklb leaves this client's sockets alone (a bypass
+	// selector or annotation chose its pod); Why says which, or why not.
+	Bypassed bool   `json:"bypassed"`
+	Why      string `json:"why,omitempty"`
+}
+
+// ParseQuery parses "ADDR:PORT", "ADDR:PORT/tcp" or "ADDR:PORT/udp"
+// (IPv6 in brackets). Without a protocol both are explained.
+func ParseQuery(s string) (lb.Query, error) {
+	addr, proto, _ := strings.Cut(strings.TrimSpace(s), "/")
+	var q lb.Query
+	switch strings.ToLower(proto) {
+	case "":
+	case "tcp":
+		q.Proto = lb.TCP
+	case "udp":
+		q.Proto = lb.UDP
+	default:
+		return lb.Query{}, fmt.Errorf("%w: %q: protocol %q is not tcp or udp", ErrQuery, s, proto)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return lb.Query{}, fmt.Errorf("%w: %q: want ADDR:PORT[/tcp|udp]: %w", ErrQuery, s, err)
+	}
+	if ap.Port() == 0 || ap.Addr().Zone() != "" {
+		return lb.Query{}, fmt.Errorf("%w: %q: want a port from 1 to 65535 and an address without a zone", ErrQuery, s)
+	}
+	q.Addr, q.Port = ap.Addr().Unmap(), ap.Port()
+	return q, nil
+}
+
+// QueryString is the canonical form of q, as ParseQuery reads it.
+func QueryString(q lb.Query) string {
+	s := netip.AddrPortFrom(q.Addr, q.Port).String()
+	if q.Proto != 0 {
+		s += "/" + strings.ToLower(q.Proto.String())
+	}
+	return s
+}
+
+// Explain answers q, for client when it is not nil.
+func Explain(n Node, q lb.Query, client *Client) (Report, error) {
+	in, ok := n.Input()
+	if !ok {
+		return Report{}, ErrNotSynced
+	}
+	ex := lb.Explain(in, q, n.Facts())
+	r := Report{
+		Query: QueryString(q), NodeAddress: ex.NodeAddress, Client: client,
+		NotHandled: notHandled(ex.NotHandled), Warnings: warnings(ex.Warnings),
+	}
+	for _, p := range ex.Ports {
+		r.KnownPorts = append(r.KnownPorts, KnownPort{Service: p.Name.String(), Kind: p.Kind.String(),
+			Port: strconv.Itoa(int(p.Port)) + "/" + p.Proto.String()})
+	}
+	var ejections map[maps.Backend]maps.Ejection
+	if n.Ejections != nil {
+		var err error
+		if ejections, err = n.Ejections(); err != nil {
+			return Report{}, fmt.Errorf("read the ejection record: %w", err)
+		}
+	}
+	now := n.Now()
+	boot, err := n.BootNow()
+	if err != nil {
+		return Report{}, fmt.Errorf("read the boot-time clock: %w", err)
+	}
+	for _, fr := range ex.Frontends {
+		f, err := frontend(n.Kernel, fr, ejections, now, boot, client)
+		if err != nil {
+			return Report{}, err
+		}
+		r.Frontends = append(r.Frontends, f)
+	}
+	r.Verdict = verdict(r, ex)
+	if client != nil && client.Bypassed {
+		r.Verdict = "this client is bypassed (" + client.Why + "): socklb leaves its connects untouched, whatever the address; for the others: " + r.Verdict
+	}
+	return r, nil
+}
+
+func frontend(k maps.Reader, fr lb.FrontendReport, ejections map[maps.Backend]maps.Ejection, now time.Time,
+	boot time.Duration, client *Client) (Frontend, error) {
+	s := fr.Service
+	f := Frontend{
+		Frontend: s.Frontend.String(), Kind: s.Kind.String(), Service: s.Name.String(), PortName: s.PortName,
+		Policy: s.Policy.String(), AffinitySeconds: int(s.AffinityTimeout / time.Second),
+		TrafficLocal: s.TrafficLocal, ExternalLocal: s.ExternalLocal, OutlierDetection: s.OutlierDetection,
+		OverCapacity: fr.OverCapacity, KeptOlderVersion: fr.Stale,
+	}
+	for _, l := range fr.Losers {
+		f.Losers = append(f.Losers, l.String())
+	}
+	for _, b := range s.Backends {
+		f.Planned = append(f.Planned, b.String())
+	}
+	proto := uint8(s.Frontend.Proto)
+	for _, e := range fr.Endpoints {
+		ep := Endpoint{
+			Address: e.Backend.String(), Node: e.NodeName, Ready: e.Ready, Serving: e.Serving,
+			Terminating: e.Terminating, ZoneHints: e.ZoneHints, NodeHints: e.NodeHints,
+			Used: e.Reason.Used(), Reason: e.Reason.String(),
+		}
+		if ej, ok := ejections[maps.Backend{Addr: e.Backend.Addr.Unmap(), Port: e.Backend.Port, Proto: proto}]; ok && ej.Until.After(now) {
+			until := ej.Until
+			ep.EjectedUntil = &until
+			ep.Ejections = ej.Ejections
+		}
+		f.Endpoints = append(f.Endpoints, ep)
+	}
+	fe := maps.Frontend{Addr: s.Frontend.Addr.Unmap(), Port: s.Frontend.Port, Proto: proto}
+	live, ok, err := k.Frontend(fe)
+	if err != nil {
+		return Frontend{}, fmt.Errorf("read frontend %s from the maps: %w", fe, err)
+	}
+	if ok {
+		kf, err := kernelFrontend(k, live, f.Endpoints)
+		if err != nil {
+			return Frontend{}, err
+		}
+		f.Kernel = &kf
+		if client != nil && s.AffinityTimeout > 0 {
+			if f.ClientAffinity, err = affinity(k, client, live.RevNATID, s.AffinityTimeout, boot); err != nil {
+				return Frontend{}, err
+			}
+		}
+	}
+	f.Differs = differs(f, ok)
+	return f, nil
+}
+
+// kernelFrontend reads what the kernel holds for live and fills in the
+// endpoints' connect outcomes.
+func kernelFrontend(k maps.Reader, live maps.Service, eps []Endpoint) (Kernel, error) {
+	kf := Kernel{ID: uint32(live.RevNATID), Damage: live.Damage}
+	c, err := k.Counters(live.RevNATID)
+	if err != nil {
+		return Kernel{}, fmt.Errorf("read the counters of frontend %s: %w", live.Frontend, err)
+	}
+	kf.Connects, kf.Refused = c.Connects, c.Refused
+	for _, id := range live.Backends {
+		b, ok, err := k.Backend(id)
+		if err != nil {
+			return Kernel{}, fmt.Errorf("read backend %d: %w", id, err)
+		}
+		if !ok {
+			kf.Damage = append(kf.Damage, fmt.Sprintf("backend %d of a live slot is not in the backend map", id))
+			continue
+		}
+		addr := netip.AddrPortFrom(b.Addr, b.Port).String()
+		kf.Backends = append(kf.Backends, addr)
+		st, ok, err := k.BackendStat(id)
+		if err != nil {
+			return Kernel{}, fmt.Errorf("read the connect outcomes of backend %d: %w", id, err)
+		}
+		if i := slices.IndexFunc(eps, func(e Endpoint) bool { return e.Address == addr }); i >= 0 {
+			eps[i].ID = uint32(id)
+			if ok {
+				eps[i].Open, eps[i].Failed, eps[i].FailedInARow = st.Open, st.Failed, st.Consecutive
+			}
+		}
+	}
+	slices.Sort(kf.Backends)
+	return kf, nil
+}
+
+func affinity(k maps.Reader, client *Client, revNAT maps.RevNATID, timeout, boot time.Duration) (*ClientAffinity, error) {
+	a, ok, err := k.ClientAffinity(client.Cookie, revNAT)
+	if err != nil {
+		return nil, fmt.Errorf("read the affinity of %s: %w", client.Name, err)
+	}
+	if !ok {
+		return &ClientAffinity{}, nil
+	}
+	b, found, err := k.Backend(a.Backend)
+	if err != nil {
+		return nil, fmt.Errorf("read backend %d: %w", a.Backend, err)
+	}
+	ca := &ClientAffinity{Present: true, IdleSeconds: (boot - a.LastUsed).Seconds()}
+	ca.Expired = boot-a.LastUsed > timeout
+	if found {
+		ca.Backend = netip.AddrPortFrom(b.Addr, b.Port).String()
+	} else {
+		ca.Backend = fmt.Sprintf("backend %d, gone from the backend map", a.Backend)
+	}
+	return ca, nil
+}
+
+// differs compares the kernel's live set with the plan: "" when they
+// agree, or when the plan knowingly keeps an older version (over
+// capacity, which the report says).
+func differs(f Frontend, published bool) string {
+	switch {
+	case f.OverCapacity && f.KeptOlderVersion:
+		return ""
+	case f.OverCapacity:
+		if published {
+			return "the frontend is over capacity, yet the maps hold it"
+		}
+		return ""
+	case !published:
+		return "the plan has this frontend but the maps do not (a sync is pending or failed)"
+	}
+	if len(f.Kernel.Damage) > 0 {
+		return "the maps' entry is damaged: " + strings.Join(f.Kernel.Damage, "; ")
+	}
+	planned := slices.Sorted(slices.Values(f.Planned))
+	if !slices.Equal(planned, f.Kernel.Backends) {
+		return fmt.Sprintf("the kernel holds %v, the plan %v (a sync is pending or failed)", f.Kernel.Backends, planned)
+	}
+	return ""
+}
+
+func notHandled(in []lb.NotHandled) []NotHandled {
+	var out []NotHandled
+	for _, n := range in {
+		out = append(out, NotHandled{Service: n.Name.String(), Reason: n.Reason})
+	}
+	return out
+}
+
+func warnings(in []lb.Warning) []string {
+	var out []string
+	for _, w := range in {
+		out = append(out, w.Object+": "+w.Reason)
+	}
+	return out
+}
+
+// verdict says in one line what happens to a connect to the address.
+func verdict(r Report, ex lb.Explanation) string {
+	if len(r.Frontends) > 0 {
+		var parts []string
+		for _, f := range r.Frontends {
+			switch {
+			case f.OverCapacity && f.KeptOlderVersion:
+				parts = append(parts, f.Frontend+": over map capacity; the kernel keeps an older version")
+			case f.OverCapacity:
+				parts = append(parts, f.Frontend+": over map capacity; not programmed, so connects leave untranslated")
+			case len(f.Planned) == 0:
+				parts = append(parts, f.Frontend+": refused at once (ECONNREFUSED): no usable endpoint")
+			default:
+				parts = append(parts, fmt.Sprintf("%s: balanced over %s (%s)", f.Frontend, count(len(f.Planned), "backend"), f.Policy))
+			}
+		}
+		return strings.Join(parts, "; ")
+	}
+	for _, p := range ex.Ports {
+		if p.Kind == lb.KindClusterIP {
+			return fmt.Sprintf("refused at once (ECONNREFUSED): a ClusterIP of %s, which has no port %s", p.Name, portOf(ex.Query))
+		}
+	}
+	if len(ex.Ports) > 0 {
+		return "not a Service frontend at this port (the address is a Service's external address): socklb leaves it untouched"
+	}
+	if ex.NodeAddress {
+		return "a node address with no NodePort here: socklb leaves it untouched"
+	}
+	return "not a Service frontend: socklb leaves it untouched"
+}
+
+func portOf(q lb.Query) string {
+	if q.Proto == 0 {
+		return strconv.Itoa(int(q.Port))
+	}
+	return strconv.Itoa(int(q.Port)) + "/" + q.Proto.String()
+}
