@@ -32,7 +32,8 @@ type podClient func(namespace, name string) (uint64, bypass.Decision, error)
 // whyHandler answers GET /why?q=ADDR:PORT[/tcp|udp][&netns=PATH|&client=NS/POD]
 // with a why.Report as JSON. A netns is opened by the agent, which runs
 // as root: only callers on this host (loopback) may name one, and only a
-// network namespace is entered. pods is nil without the pod watch.
+// network namespace is entered; the same holds for client=. pods is nil
+// without the pod watch.
 // bypassed says whether the bypass map holds a netns cookie.
 func whyHandler(n why.Node, pods podClient, bypassed func(uint64) (bool, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -42,6 +43,11 @@ func whyHandler(n why.Node, pods podClient, bypassed func(uint64) (bool, error))
 			return
 		}
 		var client *why.Client
+		if (r.URL.Query().Has("client") || r.URL.Query().Has("netns")) && !fromLoopback(r) {
+			// Both make the agent read other processes' namespaces as root.
+			http.Error(w, "client and netns are only answered to callers on this host", http.StatusForbidden)
+			return
+		}
 		if pod := r.URL.Query().Get("client"); pod != "" {
 			ns, name, ok := strings.Cut(pod, "/")
 			if !ok || ns == "" || name == "" {
@@ -73,10 +79,6 @@ func whyHandler(n why.Node, pods podClient, bypassed func(uint64) (bool, error))
 				client.Why = d.Why + ", but its namespace is not in the bypass map yet (just started, or the map is full)"
 			}
 		} else if path := r.URL.Query().Get("netns"); path != "" {
-			if !fromLoopback(r) {
-				http.Error(w, "netns is only answered to callers on this host", http.StatusForbidden)
-				return
-			}
 			if !filepath.IsAbs(path) {
 				http.Error(w, fmt.Sprintf("netns %q: want an absolute path", path), http.StatusBadRequest)
 				return

@@ -275,6 +275,17 @@ func TestKeeperCannotSee(t *testing.T) {
 		t.Fatal(err)
 	}
 	k.find = f
+	// The first second: polled, as for a process in the middle of an
+	// exec, and not warned about.
+	if err := k.round(); err != nil {
+		t.Fatal(err)
+	}
+	if k.pending != 2 || strings.Contains(logs.String(), "not bypassed") {
+		t.Errorf("in the first second: pending %d, log %q; want both polled, no warning", k.pending, logs.String())
+	}
+	for uid := range k.blind {
+		k.blind[uid] = time.Now().Add(-2 * time.Second)
+	}
 	for range 3 {
 		if err := k.round(); err != nil {
 			t.Fatal(err)

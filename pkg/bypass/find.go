@@ -28,6 +28,10 @@ const maxPodDepth = 6
 type finder struct {
 	root string // the cgroup2 directory the pod cgroups are under
 	self uint64 // the agent's own netns cookie (the node's): never a pod's
+	// init is the netns cookie of PID 1 (the node's init, with hostPID):
+	// never a pod's either, also for an agent outside the node's
+	// namespace; 0 when it cannot be read.
+	init uint64
 	// cookieOf reads the cookie of /proc/PID/ns/net; a test replaces it.
 	cookieOf func(pid int) (uint64, error)
 }
@@ -37,7 +41,8 @@ func newFinder(root string) (*finder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the agent's own network namespace: %w", err)
 	}
-	return &finder{root: root, self: self, cookieOf: func(pid int) (uint64, error) {
+	init, _ := netnsid.Cookie("/proc/1/ns/net")
+	return &finder{root: root, self: self, init: init, cookieOf: func(pid int) (uint64, error) {
 		return netnsid.Cookie("/proc/" + strconv.Itoa(pid) + "/ns/net")
 	}}, nil
 }
@@ -140,9 +145,14 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 				deniedErr = err
 				continue
 			}
-			if err != nil || c == f.self || c == 0 {
+			if err != nil || c == f.self || c == f.init || c == 0 {
 				continue // gone, or not in the pod's namespace yet
 			}
+			// The first process listed: the sandbox's (pause) joins
+			// first. A container's process in a namespace of its own
+			// (unshare -n, Docker in Docker) listed before it would be
+			// taken instead; the start time does not help, since a node
+			// process may join a pod's cgroup for a while.
 			found = c
 			return fs.SkipAll
 		}

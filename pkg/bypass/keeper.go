@@ -68,7 +68,9 @@ type Keeper struct {
 	written map[uint64]string
 	cookies map[types.UID]uint64 // cache, dropped at each resync
 	// warned: the reasons logged, per pod (each once).
-	warned  map[types.UID]map[string]bool
+	warned map[types.UID]map[string]bool
+	// blind: when each pod's processes were first found unreadable.
+	blind   map[types.UID]time.Time
 	pending int
 
 	mu      sync.Mutex
@@ -91,7 +93,8 @@ func New(opts Options) (*Keeper, error) {
 		return nil, err
 	}
 	return &Keeper{opts: opts, log: opts.Log, find: f, trigger: make(chan struct{}, 1),
-		written: map[uint64]string{}, cookies: map[types.UID]uint64{}, warned: map[types.UID]map[string]bool{}}, nil
+		written: map[uint64]string{}, cookies: map[types.UID]uint64{}, warned: map[types.UID]map[string]bool{},
+		blind: map[types.UID]time.Time{}}, nil
 }
 
 // Trigger asks for a look at the pods now; it never blocks.
@@ -220,11 +223,24 @@ func (k *Keeper) round() error {
 				continue
 			}
 			if errors.Is(err, errCannotSee) {
-				// Waiting will not help: said once per pod, looked at
-				// again at each round, not polled.
+				// A process in the middle of an exec (the sandbox's pause
+				// as the runtime starts it) refuses the open for an
+				// instant: polled for a second. Past that, waiting will
+				// not help (a privilege is missing): said once per pod,
+				// looked at again at each round, not polled.
+				first, ok := k.blind[pod.UID]
+				if !ok {
+					first = time.Now()
+					k.blind[pod.UID] = first
+				}
+				if time.Since(first) < time.Second {
+					pending++
+					continue
+				}
 				k.warn(pod, err.Error())
 				continue
 			}
+			delete(k.blind, pod.UID)
 			if err != nil {
 				return err
 			}
@@ -245,6 +261,11 @@ func (k *Keeper) round() error {
 	for uid := range k.warned {
 		if !seen[uid] {
 			delete(k.warned, uid)
+		}
+	}
+	for uid := range k.blind {
+		if !seen[uid] {
+			delete(k.blind, uid)
 		}
 	}
 	k.pending = pending

@@ -81,19 +81,34 @@ func byIoctl(path string) (uint64, error) {
 	return 0, fmt.Errorf("netns %s: NS_GET_ID: %w", path, errno)
 }
 
-// open opens a network namespace file; O_NONBLOCK so that a FIFO at path
-// does not hang the caller.
+// nsGetNSType is NS_GET_NSTYPE (_IO(0xb7, 0x3), Linux 4.11): the kind of
+// namespace a file is.
+const nsGetNSType = 0xb703
+
+// open opens a network namespace file. It looks at what path is through
+// an O_PATH handle first, which opens nothing (a device's open can have
+// effects of its own), and opens it for reading only when it is a
+// network namespace.
 func open(path string) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	pfd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open netns %s: %w", path, err)
 	}
+	defer unix.Close(pfd)
 	var st unix.Statfs_t
-	if err := unix.Fstatfs(fd, &st); err != nil {
-		unix.Close(fd)
+	if err := unix.Fstatfs(pfd, &st); err != nil {
 		return -1, fmt.Errorf("netns %s: %w", path, err)
 	}
 	if st.Type != unix.NSFS_MAGIC {
+		return -1, fmt.Errorf("%s: %w", path, ErrNotNetns)
+	}
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	// A namespace file of another kind (mnt, pid, …) has an id too.
+	kind, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), nsGetNSType, 0)
+	if errno != 0 || kind != unix.CLONE_NEWNET {
 		unix.Close(fd)
 		return -1, fmt.Errorf("%s: %w", path, ErrNotNetns)
 	}

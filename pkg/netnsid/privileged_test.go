@@ -65,7 +65,7 @@ func TestPrivilegedCookie(t *testing.T) {
 	if err := unix.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{file, fifo} {
+	for _, p := range []string{file, fifo, "/proc/self/ns/mnt", "/dev/null"} {
 		if _, err := Cookie(p); !errors.Is(err, ErrNotNetns) {
 			t.Errorf("Cookie(%s) = %v, want ErrNotNetns", p, err)
 		}
