@@ -488,9 +488,9 @@ func bypassSelector(v *viper.Viper, key string) error {
 	return err
 }
 
-// Bypassing reports whether any pod may be bypassed: a selector is set,
-// or, with the Kubernetes source, an annotation may ask (the agent then
-// watches this node's pods).
+// Bypassing reports whether a bypass selector is set. The annotation
+// needs none: with the Kubernetes source and a node name the agent
+// watches this node's pods anyway.
 func (c Config) Bypassing() bool {
 	return strings.TrimSpace(c.BypassNamespaces) != "" || strings.TrimSpace(c.BypassPods) != ""
 }

@@ -84,19 +84,14 @@ func (e *env) clientPod(t *testing.T, n *node, ns, name string, labels, annotati
 // ask connects to addr from the pod: a socket of its cgroup and namespace.
 func (p *clientPod) ask(t *testing.T, addr string) string {
 	t.Helper()
-	restore, err := p.cg.EnterSelf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := restore(); err != nil {
-			t.Fatal(err)
+	var got string
+	inCgroup(t, p.cg, func() {
+		answer, err := testagent.Ask(p.netns, "tcp4", addr)
+		if err != nil {
+			answer = "error: " + err.Error()
 		}
-	}()
-	got, err := testagent.Ask(p.netns, "tcp4", addr)
-	if err != nil {
-		return "error: " + err.Error()
-	}
+		got = answer
+	})
 	return got
 }
 

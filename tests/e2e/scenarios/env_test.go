@@ -133,7 +133,13 @@ func (e *env) service(t *testing.T, name string, selector map[string]string, mut
 // opens are load-balanced by n's agent.
 func within(t *testing.T, n *node, f func()) {
 	t.Helper()
-	restore, err := n.cg.EnterSelf()
+	inCgroup(t, n.cg, f)
+}
+
+// inCgroup runs f with this test process in cg.
+func inCgroup(t *testing.T, cg *sandbox.Cgroup, f func()) {
+	t.Helper()
+	restore, err := cg.EnterSelf()
 	if err != nil {
 		t.Fatal(err)
 	}
