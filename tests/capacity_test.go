@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/socklb/socklb/internal/testagent"
+	"github.com/socklb/socklb/pkg/lb"
 )
 
 // capacityServices is n Services cap/svc-NNN at 198.19.1.N:80, each with
@@ -223,6 +224,7 @@ func TestPrivilegedFinding2CapacityAtSmallMapSize(t *testing.T) {
 	if _, err := e.ask(vip(fit)); !errors.Is(err, syscall.ENETUNREACH) {
 		t.Errorf("Service svc-%03d that does not fit: %v, want ENETUNREACH (not rewritten)", fit, err)
 	}
+	checkWhyOverCapacity(t, e, a, vip(fit))
 
 	// Delete svc-000 and shrink svc-001 to 5 endpoints with the map full:
 	// both apply, and the room freed (11 + 5 entries) takes the next
@@ -284,5 +286,40 @@ func TestPrivilegedFinding2CapacityAtSmallMapSize(t *testing.T) {
 	}
 	if !strings.Contains(a.Logs(), "every frontend fits in the maps again") {
 		t.Error("no log line says that every frontend fits again")
+	}
+}
+
+// checkWhyOverCapacity: `inspect why` says a frontend without room is not
+// programmed, every endpoint left out for it, and that the address's
+// unknown ports are not refused then (a connect there leaves untranslated,
+// as the kernel does).
+func checkWhyOverCapacity(t *testing.T, e *agentEnv, a *httpAgent, addr string) {
+	t.Helper()
+	r := e.askWhy(t, a, addr+"/tcp")
+	if len(r.Frontends) != 1 {
+		t.Fatalf("inspect why %s: %+v, want one frontend", addr, r)
+	}
+	f := r.Frontends[0]
+	if !f.OverCapacity || f.KeptOlderVersion || f.Kernel != nil || f.Differs != "" ||
+		!strings.Contains(r.Verdict, "over map capacity; not programmed") {
+		t.Errorf("inspect why %s: %+v, verdict %q; want over capacity, not in the kernel, no difference", addr, f, r.Verdict)
+	}
+	for _, ep := range f.Endpoints {
+		if ep.Used || ep.Reason != lb.ReasonOverCapacity.String() {
+			t.Errorf("inspect why %s: endpoint %+v; want out, %q", addr, ep, lb.ReasonOverCapacity)
+		}
+	}
+	if len(f.Endpoints) != 10 {
+		t.Errorf("inspect why %s: %d endpoints, want 10", addr, len(f.Endpoints))
+	}
+	host, _, _ := strings.Cut(addr, ":")
+	other := host + ":81"
+	r = e.askWhy(t, a, other+"/tcp")
+	if u := r.UnknownPorts; u == nil || u.Refused || !u.OverCapacity || u.Differs != "" ||
+		!strings.HasPrefix(r.Verdict, "left untranslated: a ClusterIP of ") {
+		t.Errorf("inspect why %s: verdict %q, unknown ports %+v; want left untranslated, over capacity", other, r.Verdict, u)
+	}
+	if _, err := e.ask(other); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("connect to %s: %v, want ENETUNREACH (untranslated, as inspect why says)", other, err)
 	}
 }

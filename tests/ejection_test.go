@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,8 +17,10 @@ import (
 
 	"github.com/socklb/socklb/internal/sandbox"
 	"github.com/socklb/socklb/internal/testagent"
+	"github.com/socklb/socklb/pkg/lb"
 	"github.com/socklb/socklb/pkg/loader"
 	"github.com/socklb/socklb/pkg/maps"
+	"github.com/socklb/socklb/pkg/why"
 )
 
 // The outlier tests run the agent with short ejections, so that growth
@@ -247,6 +251,7 @@ func TestPrivilegedOutlierEjectsAKilledBackend(t *testing.T) {
 	if d := time.Until(until); d <= 0 || d > base {
 		t.Errorf("first ejection ends in %v, want within the %v base", d, base)
 	}
+	checkWhyEjected(t, e, a, until)
 
 	// Back: connects reach it again once the ejection ends.
 	victim.start(t)
@@ -470,5 +475,34 @@ func TestPrivilegedOutlierEjectionOutlivesTheAgent(t *testing.T) {
 	names, refused, timedOut, err = tally(e.ns, 300, time.Second)
 	if err != nil || refused+timedOut != 0 {
 		t.Errorf("after the restart: %v, %d refused, %d timed out, %v; want none", names, refused, timedOut, err)
+	}
+}
+
+// checkWhyEjected: `inspect why` leaves the killed backend out as ejected,
+// with its ejection's end and, in words, the time left, and the kernel
+// agreeing with the plan.
+func checkWhyEjected(t *testing.T, e *agentEnv, a *httpAgent, until time.Time) {
+	t.Helper()
+	r := e.askWhy(t, a, outlierVIP+"/tcp")
+	if len(r.Frontends) != 1 {
+		t.Fatalf("inspect why %s: %+v, want one frontend", outlierVIP, r)
+	}
+	f := r.Frontends[0]
+	i := slices.IndexFunc(f.Endpoints, func(ep why.Endpoint) bool { return ep.Address == "198.18.0.2:8080" })
+	if i < 0 {
+		t.Fatalf("inspect why %s: no endpoint 198.18.0.2:8080 in %+v", outlierVIP, f.Endpoints)
+	}
+	ep := f.Endpoints[i]
+	if ep.Used || ep.Reason != lb.ReasonEjected.String() || ep.EjectedUntil == nil || ep.Ejections != 1 ||
+		ep.EjectedUntil.Sub(until).Abs() > time.Second {
+		t.Errorf("inspect why: the killed backend %+v; want out, %q, ejection 1 until %v", ep, lb.ReasonEjected, until)
+	}
+	if len(f.Planned) != 2 || f.Kernel == nil || len(f.Kernel.Backends) != 2 || f.Differs != "" {
+		t.Errorf("inspect why: planned %v, kernel %+v, differs %q; want the 2 others in both", f.Planned, f.Kernel, f.Differs)
+	}
+	out, err := e.agentCmd("inspect", "why", outlierVIP+"/tcp", "--health-addr="+a.health).CombinedOutput()
+	t.Logf("inspect why %s/tcp with a backend ejected:\n%s", outlierVIP, out)
+	if err != nil || !regexp.MustCompile(`198\.18\.0\.2:8080 .* out +ejected by outlier detection \(ejection 1, [0-9.]+m?s left\)`).Match(out) {
+		t.Errorf("inspect why in words: %v; want the ejection with its time left:\n%s", err, out)
 	}
 }

@@ -59,6 +59,10 @@ func newBypass(c Config, client kubernetes.Interface, dp *loader.Datapath, reg *
 		Name: "socklb_bypassed_pods",
 		Help: "Pods of this node whose sockets socklb leaves alone (--bypass-*-selector, annotation socklb.io/bypass).",
 	}, func() float64 { return float64(len(keeper.Entries())) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "socklb_bypass_unresolved_pods",
+		Help: "Pods of this node chosen for bypass whose network namespace is not in the bypass map yet: starting, or one the agent cannot find or read (logged per pod).",
+	}, func() float64 { return float64(keeper.Unresolved()) }))
 	log.Info("bypass: watching this node's pods", "namespace_selector", c.BypassNamespaces, "pod_selector", c.BypassPods)
 	return keeper, func(ctx context.Context) error {
 		g, ctx := errgroup.WithContext(ctx)

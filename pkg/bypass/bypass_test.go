@@ -44,8 +44,12 @@ func TestDecide(t *testing.T) {
 		rules     Rules
 		bypass    bool
 		why, warn string
+		unknown   bool
 	}{
-		{name: "nothing asks", pod: pod("a", "p", "u", nil, nil), rules: mesh},
+		{name: "nothing asks", pod: pod("a", "p", "u", nil, nil), ns: map[string]string{}, rules: mesh},
+		{name: "namespace not known yet: undecided", pod: pod("a", "p", "u", nil, nil), rules: mesh, why: "undecided", unknown: true},
+		{name: "namespace not needed: the pod selector decides", pod: pod("a", "p", "u", map[string]string{"istio-injection": "enabled"}, nil),
+			rules: mesh, bypass: true, why: "--bypass-pod-selector"},
 		{name: "no selectors select nothing", pod: pod("a", "p", "u", map[string]string{"x": "y"}, nil), ns: map[string]string{}},
 		{name: "annotation true", pod: pod("a", "p", "u", nil, map[string]string{Annotation: "true"}), bypass: true, why: "annotation"},
 		{name: "pod selector", pod: pod("a", "p", "u", map[string]string{"istio-injection": "enabled"}, nil), rules: mesh,
@@ -61,7 +65,7 @@ func TestDecide(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := Decide(tt.pod, tt.ns, tt.rules)
 			if d.Bypass != tt.bypass || !strings.Contains(d.Why, tt.why) || !strings.Contains(d.Warning, tt.warn) ||
-				(tt.warn == "" && d.Warning != "") {
+				(tt.warn == "" && d.Warning != "") || d.NamespaceUnknown != tt.unknown {
 				t.Errorf("%+v; want bypass %v, why containing %q, warning %q", d, tt.bypass, tt.why, tt.warn)
 			}
 		})
@@ -178,6 +182,7 @@ func TestKeeperRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	k.find.self = 7
+	k.find.startOf = pidOrder
 	k.find.cookieOf = func(pid int) (uint64, error) {
 		switch pid {
 		case 100:
@@ -298,5 +303,127 @@ func TestKeeperCannotSee(t *testing.T) {
 		if n := strings.Count(logs.String(), "pod not bypassed as asked\" pod="+p+" "); n != 1 {
 			t.Errorf("pod %s: %d warnings in three rounds, want 1:\n%s", p, n, logs.String())
 		}
+	}
+}
+
+// A pod that waits for its network namespace is polled fast for
+// fastWait, then looked at in each round only; one the kubelet says runs
+// is warned about once. A pod whose namespace's labels are not known yet
+// waits too (undecided), and is bypassed once they are.
+func TestKeeperWaits(t *testing.T) {
+	root := tree(t, map[string][]string{"kubepods/pod" + uidB + "/ctr": {"200"}})
+	running := pod("a", "nocgroup", uidA, nil, map[string]string{Annotation: "true"})
+	running.Status.Phase = corev1.PodRunning
+	pods := []*corev1.Pod{running, pod("late", "b", uidB, nil, nil)}
+	var mu sync.Mutex
+	nsKnown := false
+	var logs strings.Builder
+	k, err := New(Options{Rules: mustSelector(t, "istio-injection=enabled"), CgroupRoot: root,
+		Table: &fakeTable{set: map[uint64]bool{}},
+		Pods:  func() []*corev1.Pod { return pods },
+		Pod: func(ns, name string) (*corev1.Pod, bool) {
+			i := slices.IndexFunc(pods, func(p *corev1.Pod) bool { return p.Namespace == ns && p.Name == name })
+			if i < 0 {
+				return nil, false
+			}
+			return pods[i], true
+		},
+		Namespace: func(n string) (map[string]string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if n == "late" && nsKnown {
+				return map[string]string{"istio-injection": "enabled"}, true
+			}
+			return nil, n == "a"
+		},
+		Synced: func() bool { return true },
+		Log:    slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.find.self = 7
+	k.find.cookieOf = func(pid int) (uint64, error) { return 22, nil }
+	k.find.startOf = pidOrder
+	if err := k.round(); err != nil {
+		t.Fatal(err)
+	}
+	if k.pending != 2 || k.Unresolved() != 2 || strings.Contains(logs.String(), "not bypassed") {
+		t.Errorf("at first: pending %d, unresolved %d, log %q; want both polled, no warning", k.pending, k.Unresolved(), logs.String())
+	}
+	if _, d, err := k.Client("late", "b"); err != nil || d.Bypass || !strings.Contains(d.Why, "undecided") {
+		t.Errorf("client late/b: %+v, %v; want undecided", d, err)
+	}
+	for uid := range k.waiting {
+		k.waiting[uid] = time.Now().Add(-fastWait - time.Second)
+	}
+	for range 3 {
+		if err := k.round(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k.pending != 0 || k.Unresolved() != 2 {
+		t.Errorf("past fastWait: pending %d, unresolved %d; want 0 polled, 2 unresolved", k.pending, k.Unresolved())
+	}
+	if n := strings.Count(logs.String(), "pod not bypassed as asked\" pod=a/nocgroup "); n != 1 ||
+		!strings.Contains(logs.String(), "is --cgroup-path the kubelet's cgroup root?") {
+		t.Errorf("%d warnings for the running pod without a cgroup, want 1 naming --cgroup-path:\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "pod=late/b") {
+		t.Errorf("a pod not running was warned about:\n%s", logs.String())
+	}
+	mu.Lock()
+	nsKnown = true
+	mu.Unlock()
+	if err := k.round(); err != nil {
+		t.Fatal(err)
+	}
+	if e := k.Entries(); len(e) != 1 || e[0].Pod != "late/b" || e[0].Cookie != 22 || k.Unresolved() != 1 {
+		t.Errorf("once the namespace is known: entries %+v, unresolved %d; want late/b bypassed", e, k.Unresolved())
+	}
+}
+
+// pidOrder stands for the start times of fake processes: in PID order.
+func pidOrder(pid int) (uint64, bool) { return uint64(pid), true }
+
+// A container with a network namespace of its own (unshare -n, Docker in
+// Docker) does not make its namespace the pod's, whatever order the
+// cgroups are listed in: the pod's is the one most of its cgroups share,
+// and on a tie the one whose process started first.
+func TestNetnsOfNested(t *testing.T) {
+	pod := "kubepods/pod" + uidA
+	cookies := map[int]uint64{10: 100, 20: 100, 30: 300, 31: 300, 40: 7}
+	f := &finder{self: 7, startOf: pidOrder, cookieOf: func(pid int) (uint64, error) {
+		if c, ok := cookies[pid]; ok {
+			return c, nil
+		}
+		return 0, errors.New("no such process")
+	}}
+	for _, tt := range []struct {
+		name  string
+		procs map[string][]string
+		want  uint64
+	}{
+		{"a nested namespace's container listed first, with two processes", map[string][]string{
+			pod + "/0aaa-nested": {"30", "31"}, pod + "/1bbb-app": {"20"}, pod + "/fff-pause": {"10"}}, 100},
+		{"one container in a namespace of its own, listed first: the oldest process's", map[string][]string{
+			pod + "/0aaa-nested": {"30"}, pod + "/fff-pause": {"10"}}, 100},
+		{"a node process in the pod's cgroup is never taken", map[string][]string{
+			pod + "/0aaa": {"40"}, pod + "/fff-pause": {"30"}}, 300},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := tree(t, tt.procs)
+			f.root = root
+			got, err := f.netnsOf(filepath.Join(root, pod))
+			if err != nil || got != tt.want {
+				t.Errorf("netnsOf = %d, %v; want %d", got, err, tt.want)
+			}
+		})
+	}
+	if st, ok := startTime(os.Getpid()); !ok || st == 0 {
+		t.Errorf("startTime of this process = %d, %v", st, ok)
+	}
+	if _, ok := startTime(-1); ok {
+		t.Error("startTime of no process succeeded")
 	}
 }

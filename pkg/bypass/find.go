@@ -32,8 +32,10 @@ type finder struct {
 	// never a pod's either, also for an agent outside the node's
 	// namespace; 0 when it cannot be read.
 	init uint64
-	// cookieOf reads the cookie of /proc/PID/ns/net; a test replaces it.
+	// cookieOf reads the cookie of /proc/PID/ns/net, startOf when the
+	// process started; a test replaces them.
 	cookieOf func(pid int) (uint64, error)
+	startOf  func(pid int) (uint64, bool)
 }
 
 func newFinder(root string) (*finder, error) {
@@ -42,7 +44,7 @@ func newFinder(root string) (*finder, error) {
 		return nil, fmt.Errorf("the agent's own network namespace: %w", err)
 	}
 	init, _ := netnsid.Cookie("/proc/1/ns/net")
-	return &finder{root: root, self: self, init: init, cookieOf: func(pid int) (uint64, error) {
+	return &finder{root: root, self: self, init: init, startOf: startTime, cookieOf: func(pid int) (uint64, error) {
 		return netnsid.Cookie("/proc/" + strconv.Itoa(pid) + "/ns/net")
 	}}, nil
 }
@@ -116,21 +118,30 @@ var errNoProcess = errors.New("no process of the pod in a network namespace of i
 // error says which.
 var errCannotSee = errors.New("the agent cannot read the network namespace of the pod's processes")
 
-// netnsOf returns the cookie of the network namespace of the processes in
-// the pod cgroup dir. A process still in the node's namespace is skipped:
-// the runtime moves its init into the cgroup before it enters the pod's
-// namespaces. When no process gives a cookie because the agent may not
+// netnsOf returns the cookie of the pod's network namespace, from the
+// processes in the pod cgroup dir. A process still in the node's
+// namespace is skipped: the runtime moves its init into the cgroup before
+// it enters the pod's namespaces. A container may run processes in a
+// namespace of its own (unshare -n, Docker in Docker), so the pod's is
+// the one shared by the most of its cgroups (the sandbox's and every
+// container's that did not leave it), and on a tie the one of the
+// process that started first (the sandbox's pause starts before any
+// container). When no process gives a cookie because the agent may not
 // see them (no hostPID: cgroup.procs lists them as 0) or may not open
 // their /proc/PID/ns/net (another user's process, e.g. the sandbox's
 // pause as 65535, or one holding capabilities the agent lacks, needs
 // CAP_SYS_PTRACE), it returns errCannotSee: else the pod would wait
 // forever, polled, for a namespace the agent can never read.
 func (f *finder) netnsOf(dir string) (uint64, error) {
-	var found uint64
+	type candidate struct {
+		dirs  int    // cgroups with a process in the namespace
+		first uint64 // the earliest start of those processes
+	}
+	found := map[uint64]*candidate{}
 	hidden, denied := 0, 0
 	var deniedErr error
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() || found != 0 {
+		if err != nil || !d.IsDir() {
 			return nil
 		}
 		pids, invisible, err := readPIDs(filepath.Join(path, "cgroup.procs"))
@@ -138,6 +149,7 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 			return nil // removed meanwhile
 		}
 		hidden += invisible
+		here := map[uint64]bool{}
 		for _, pid := range pids {
 			c, err := f.cookieOf(pid)
 			if errors.Is(err, fs.ErrPermission) {
@@ -148,21 +160,34 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 			if err != nil || c == f.self || c == f.init || c == 0 {
 				continue // gone, or not in the pod's namespace yet
 			}
-			// The first process listed: the sandbox's (pause) joins
-			// first. A container's process in a namespace of its own
-			// (unshare -n, Docker in Docker) listed before it would be
-			// taken instead; the start time does not help, since a node
-			// process may join a pod's cgroup for a while.
-			found = c
-			return fs.SkipAll
+			start, ok := f.startOf(pid)
+			if !ok {
+				continue // gone
+			}
+			cd := found[c]
+			if cd == nil {
+				cd = &candidate{first: start}
+				found[c] = cd
+			}
+			if !here[c] {
+				here[c] = true
+				cd.dirs++
+			}
+			cd.first = min(cd.first, start)
 		}
 		return nil
 	})
+	var best uint64
+	for c, cd := range found {
+		if b := found[best]; b == nil || cd.dirs > b.dirs || (cd.dirs == b.dirs && (cd.first < b.first || (cd.first == b.first && c < best))) {
+			best = c
+		}
+	}
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("look for the processes of %s: %w", dir, err)
-	case found != 0:
-		return found, nil
+	case best != 0:
+		return best, nil
 	case denied > 0:
 		return 0, fmt.Errorf("%w: %d of its processes: %w (opening /proc/PID/ns/net of a process of another user, "+
 			"or of one with capabilities the agent lacks, needs CAP_SYS_PTRACE)", errCannotSee, denied, deniedErr)
@@ -171,6 +196,27 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 			"the agent needs hostPID: true)", errCannotSee, hidden)
 	}
 	return 0, errNoProcess
+}
+
+// startTime reads when a process started, in clock ticks since boot
+// (field 22 of /proc/PID/stat); false when it is gone.
+func startTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) is in parentheses and may hold spaces
+	// and parentheses: the fields after it follow the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 { // fields 3 to 22
+		return 0, false
+	}
+	v, err := strconv.ParseUint(fields[19], 10, 64)
+	return v, err == nil
 }
 
 // readPIDs reads a cgroup.procs file: the PIDs, and how many processes

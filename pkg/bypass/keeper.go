@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,8 +71,16 @@ type Keeper struct {
 	// warned: the reasons logged, per pod (each once).
 	warned map[types.UID]map[string]bool
 	// blind: when each pod's processes were first found unreadable.
-	blind   map[types.UID]time.Time
+	blind map[types.UID]time.Time
+	// waiting: when each bypassed pod was first found without a network
+	// namespace to write (no cgroup, no process in it yet, its
+	// namespace's labels not known yet).
+	waiting map[types.UID]time.Time
+	// pending counts the pods polled at Poll: those waiting for less
+	// than fastWait, and the blind ones for their first second.
 	pending int
+	// unresolved counts the bypassed pods without an entry.
+	unresolved atomic.Int64
 
 	mu      sync.Mutex
 	entries []Entry
@@ -94,8 +103,20 @@ func New(opts Options) (*Keeper, error) {
 	}
 	return &Keeper{opts: opts, log: opts.Log, find: f, trigger: make(chan struct{}, 1),
 		written: map[uint64]string{}, cookies: map[types.UID]uint64{}, warned: map[types.UID]map[string]bool{},
-		blind: map[types.UID]time.Time{}}, nil
+		blind: map[types.UID]time.Time{}, waiting: map[types.UID]time.Time{}}, nil
 }
+
+// fastWait is how long a pod waiting for its namespace is polled at
+// Poll: its sandbox starts within it. Past it, a pod is looked at in
+// each round (at least every Resync): a pod may wait for minutes (a
+// volume to attach) before its sandbox starts, and one that runs
+// without a cgroup the agent can find is a misconfiguration, said once.
+const fastWait = 30 * time.Second
+
+// Unresolved counts the pods chosen for bypass that have no entry: their
+// sandbox is starting, or the agent cannot find or read their network
+// namespace (the log says which). Safe for concurrent use.
+func (k *Keeper) Unresolved() int { return int(k.unresolved.Load()) }
 
 // Trigger asks for a look at the pods now; it never blocks.
 func (k *Keeper) Trigger() {
@@ -124,7 +145,7 @@ func (k *Keeper) Client(namespace, name string) (cookie uint64, d Decision, err 
 		return 0, Decision{}, fmt.Errorf("pod %s/%s: %w", namespace, name, ErrUnknownPod)
 	}
 	if pod.Spec.HostNetwork {
-		return k.find.self, Decide(pod, nil, k.opts.Rules), nil
+		return k.find.self, Decide(pod, k.namespaceLabels(namespace), k.opts.Rules), nil
 	}
 	dirs, err := k.find.podDirs()
 	if err != nil {
@@ -138,8 +159,7 @@ func (k *Keeper) Client(namespace, name string) (cookie uint64, d Decision, err 
 	if err != nil {
 		return 0, Decision{}, fmt.Errorf("pod %s/%s: %w", namespace, name, err)
 	}
-	nsLabels, _ := k.opts.Namespace(namespace)
-	return c, Decide(pod, nsLabels, k.opts.Rules), nil
+	return c, Decide(pod, k.namespaceLabels(namespace), k.opts.Rules), nil
 }
 
 // Run keeps the map until ctx is done. The entries a previous agent
@@ -190,18 +210,25 @@ func (k *Keeper) round() error {
 	pods := k.opts.Pods()
 	want := make(map[uint64]Entry)
 	var dirs map[types.UID]string
-	pending := 0
+	pending, unresolved := 0, 0
 	seen := make(map[types.UID]bool, len(pods))
 	for _, pod := range pods {
 		if pod == nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		seen[pod.UID] = true
-		nsLabels, _ := k.opts.Namespace(pod.Namespace)
-		d := Decide(pod, nsLabels, k.opts.Rules)
+		d := Decide(pod, k.namespaceLabels(pod.Namespace), k.opts.Rules)
 		k.note(pod, d)
+		if d.NamespaceUnknown {
+			unresolved++
+			if k.wait(pod, "its namespace's labels are not in the agent's cache") {
+				pending++
+			}
+			continue
+		}
 		if !d.Bypass {
 			delete(k.cookies, pod.UID)
+			delete(k.waiting, pod.UID)
 			continue
 		}
 		cookie, ok := k.cookies[pod.UID]
@@ -214,12 +241,18 @@ func (k *Keeper) round() error {
 			}
 			dir, found := dirs[pod.UID]
 			if !found {
-				pending++
+				unresolved++
+				if k.wait(pod, "no cgroup of it under "+k.opts.CgroupRoot+" (is --cgroup-path the kubelet's cgroup root?)") {
+					pending++
+				}
 				continue
 			}
 			c, err := k.find.netnsOf(dir)
 			if errors.Is(err, errNoProcess) {
-				pending++
+				unresolved++
+				if k.wait(pod, "its cgroup "+dir+" has no process in a network namespace of its own") {
+					pending++
+				}
 				continue
 			}
 			if errors.Is(err, errCannotSee) {
@@ -233,6 +266,7 @@ func (k *Keeper) round() error {
 					first = time.Now()
 					k.blind[pod.UID] = first
 				}
+				unresolved++
 				if time.Since(first) < time.Second {
 					pending++
 					continue
@@ -241,6 +275,7 @@ func (k *Keeper) round() error {
 				continue
 			}
 			delete(k.blind, pod.UID)
+			delete(k.waiting, pod.UID)
 			if err != nil {
 				return err
 			}
@@ -263,12 +298,15 @@ func (k *Keeper) round() error {
 			delete(k.warned, uid)
 		}
 	}
-	for uid := range k.blind {
-		if !seen[uid] {
-			delete(k.blind, uid)
+	for _, m := range []map[types.UID]time.Time{k.blind, k.waiting} {
+		for uid := range m {
+			if !seen[uid] {
+				delete(m, uid)
+			}
 		}
 	}
 	k.pending = pending
+	k.unresolved.Store(int64(unresolved))
 	for c, e := range want {
 		if _, done := k.written[c]; !done {
 			if err := k.opts.Table.Put(c); err != nil {
@@ -297,6 +335,37 @@ func (k *Keeper) round() error {
 	k.entries = entries
 	k.mu.Unlock()
 	return nil
+}
+
+// namespaceLabels are the labels of a namespace; nil when it is not in
+// the cache, and never nil when it is.
+func (k *Keeper) namespaceLabels(name string) map[string]string {
+	l, ok := k.opts.Namespace(name)
+	switch {
+	case !ok:
+		return nil
+	case l == nil:
+		return map[string]string{}
+	}
+	return l
+}
+
+// wait notes that pod waits for its network namespace, for why, and
+// says whether it is still polled fast. Past fastWait, a pod the kubelet
+// says runs is a misconfiguration or a missing privilege: said once.
+func (k *Keeper) wait(pod *corev1.Pod, why string) (fast bool) {
+	first, ok := k.waiting[pod.UID]
+	if !ok {
+		first = time.Now()
+		k.waiting[pod.UID] = first
+	}
+	if time.Since(first) < fastWait {
+		return true
+	}
+	if pod.Status.Phase == corev1.PodRunning {
+		k.warn(pod, fmt.Sprintf("running, but not bypassed after %s: %s; looked at again every %s", fastWait, why, k.opts.Resync))
+	}
+	return false
 }
 
 // note logs a pod's warning, and a refusal to bypass a hostNetwork pod

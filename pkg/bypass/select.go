@@ -49,11 +49,16 @@ type Decision struct {
 	// Warning is set for an annotation value that is not "true" or
 	// "false" (ignored).
 	Warning string
+	// NamespaceUnknown: only the namespace selector could choose the
+	// pod, and its namespace's labels are not known yet (the namespace
+	// watch lags the pod watch): undecided, not "not chosen".
+	NamespaceUnknown bool
 }
 
 // Decide says whether pod is bypassed: its annotation when it is "true"
 // or "false", else whether its labels match the pod selector or its
-// namespace's labels (nsLabels; nil when the namespace is unknown) the
+// namespace's labels (nsLabels; nil when the namespace is unknown, which
+// leaves a pod only the namespace selector could choose undecided) the
 // namespace selector. A pod on the host's network is never bypassed: its
 // namespace is the node's, and bypassing it would bypass the node.
 func Decide(pod *corev1.Pod, nsLabels map[string]string, r Rules) Decision {
@@ -73,7 +78,10 @@ func Decide(pod *corev1.Pod, nsLabels map[string]string, r Rules) Decision {
 		switch {
 		case r.Pods != nil && r.Pods.Matches(labels.Set(pod.Labels)):
 			d.Bypass, d.Why = true, "its labels match --bypass-pod-selector "+r.Pods.String()
-		case r.Namespaces != nil && nsLabels != nil && r.Namespaces.Matches(labels.Set(nsLabels)):
+		case r.Namespaces != nil && nsLabels == nil && !pod.Spec.HostNetwork:
+			d.NamespaceUnknown = true
+			d.Why = "undecided: the labels of namespace " + pod.Namespace + " are not known yet (--bypass-namespace-selector)"
+		case r.Namespaces != nil && r.Namespaces.Matches(labels.Set(nsLabels)):
 			d.Bypass, d.Why = true, "its namespace's labels match --bypass-namespace-selector "+r.Namespaces.String()
 		}
 	}

@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,9 @@ type Reader interface {
 	// ClientAffinity returns the sticky backend of a client (its network
 	// namespace cookie) for a frontend; false when it has none.
 	ClientAffinity(client uint64, revNAT RevNATID) (Affinity, bool, error)
+	// VIP says whether addr is in the cluster IP map (connects to it at
+	// a port without a frontend are refused) and how many were.
+	VIP(addr netip.Addr) (refused uint64, ok bool, err error)
 }
 
 // Affinity is a client's sticky backend for one frontend.

@@ -17,11 +17,30 @@ type Report struct {
 	// KnownPorts are the frontends of Services at the address when none
 	// is at the port: a known address at an unknown port.
 	KnownPorts []KnownPort `json:"knownPorts,omitempty"`
+	// UnknownPorts is what the kernel does with the ports and protocols
+	// no Service has at the address, when it is a ClusterIP.
+	UnknownPorts *UnknownPorts `json:"unknownPorts,omitempty"`
 	// NodeAddress: the address is one of this node's (NodePorts).
 	NodeAddress bool         `json:"nodeAddress"`
 	NotHandled  []NotHandled `json:"notHandled,omitempty"`
 	Warnings    []string     `json:"warnings,omitempty"`
 	Client      *Client      `json:"client,omitempty"`
+}
+
+// UnknownPorts is what a connect to a ClusterIP meets at a port, or with
+// a protocol, that none of its Services has.
+type UnknownPorts struct {
+	// Refused: the kernel holds the address in its cluster IP map, so
+	// such connects are refused (ECONNREFUSED); Refusals counts them.
+	Refused  bool   `json:"refused"`
+	Refusals uint64 `json:"refusals"`
+	// OverCapacity: a ClusterIP frontend at the address has no room in
+	// the maps, so the plan leaves the address out of the cluster IP
+	// map, and such connects leave untranslated.
+	OverCapacity bool `json:"overCapacity"`
+	// Differs is the difference between the kernel and the plan, ""
+	// for none.
+	Differs string `json:"differs,omitempty"`
 }
 
 // KnownPort is a frontend of a Service at the queried address.
@@ -128,6 +147,19 @@ func Render(w io.Writer, r Report, now time.Time) error {
 		p.f("\nServices at this address:\n")
 		for _, k := range r.KnownPorts {
 			p.f("  %s %s port %s\n", k.Service, k.Kind, k.Port)
+		}
+	}
+	if u := r.UnknownPorts; u != nil {
+		switch {
+		case u.Refused:
+			p.f("\nother ports of this ClusterIP: refused by the kernel (%d refused so far)\n", u.Refusals)
+		case u.OverCapacity:
+			p.f("\nother ports of this ClusterIP: left untranslated (a frontend of it is over map capacity)\n")
+		default:
+			p.f("\nother ports of this ClusterIP: left untranslated (not in the kernel's cluster IP map)\n")
+		}
+		if u.Differs != "" {
+			p.f("  !!! KERNEL DIFFERS FROM THE PLAN: %s\n", u.Differs)
 		}
 	}
 	for _, n := range r.NotHandled {

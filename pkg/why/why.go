@@ -122,6 +122,11 @@ func Explain(n Node, q lb.Query, client *Client) (Report, error) {
 		}
 		r.Frontends = append(r.Frontends, f)
 	}
+	if u, err := unknownPorts(n.Kernel, ex, n.Facts()); err != nil {
+		return Report{}, err
+	} else if u != nil {
+		r.UnknownPorts = u
+	}
 	r.Verdict = verdict(r, ex)
 	if client != nil && client.Bypassed {
 		r.Verdict = "this client is bypassed (" + client.Why + "): socklb leaves its connects untouched, whatever the address; for the others: " + r.Verdict
@@ -277,11 +282,55 @@ func warnings(in []lb.Warning) []string {
 	return out
 }
 
+// unknownPorts says what the kernel does with the address's ports and
+// protocols that no Service has, when it is a ClusterIP; nil otherwise.
+// The plan keeps a ClusterIP in the cluster IP map unless one of its
+// frontends is left out for room (placeVIPs).
+func unknownPorts(k maps.Reader, ex lb.Explanation, facts lb.Facts) (*UnknownPorts, error) {
+	isClusterIP := slices.ContainsFunc(ex.Ports, func(p lb.PortUse) bool { return p.Kind == lb.KindClusterIP }) ||
+		slices.ContainsFunc(ex.Frontends, func(f lb.FrontendReport) bool { return f.Service.Kind == lb.KindClusterIP })
+	if !isClusterIP {
+		return nil, nil
+	}
+	var u UnknownPorts
+	for fe, stale := range facts.OverCapacity {
+		if fe.Addr == ex.Query.Addr && !stale {
+			u.OverCapacity = true
+		}
+	}
+	refused, ok, err := k.VIP(ex.Query.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("read cluster IP %s from the maps: %w", ex.Query.Addr, err)
+	}
+	u.Refused, u.Refusals = ok, refused
+	switch {
+	case u.Refused && u.OverCapacity:
+		u.Differs = "the kernel refuses the address's unknown ports, but a frontend of it is over capacity (a sync is pending or failed)"
+	case !u.Refused && !u.OverCapacity:
+		u.Differs = "the kernel does not hold the address in its cluster IP map, so its unknown ports leave untranslated (a sync is pending or failed)"
+	}
+	return &u, nil
+}
+
+// unknownVerdict says what a connect to a port (or protocol) the
+// ClusterIP does not have meets; what names it.
+func unknownVerdict(u *UnknownPorts, what string) string {
+	switch {
+	case u.Refused:
+		return "refused at once (ECONNREFUSED): " + what
+	case u.OverCapacity:
+		return "left untranslated: " + what + "; a frontend of the address is over map capacity, and socklb refuses none of its ports then"
+	}
+	return "left untranslated for now: " + what + "; the kernel does not hold the address (a sync is pending or failed)"
+}
+
 // verdict says in one line what happens to a connect to the address.
 func verdict(r Report, ex lb.Explanation) string {
 	if len(r.Frontends) > 0 {
 		var parts []string
-		for _, f := range r.Frontends {
+		protos := map[lb.Proto]bool{}
+		for i, f := range r.Frontends {
+			protos[ex.Frontends[i].Service.Frontend.Proto] = true
 			switch {
 			case f.OverCapacity && f.KeptOlderVersion:
 				parts = append(parts, f.Frontend+": over map capacity; the kernel keeps an older version")
@@ -293,11 +342,21 @@ func verdict(r Report, ex lb.Explanation) string {
 				parts = append(parts, fmt.Sprintf("%s: balanced over %s (%s)", f.Frontend, count(len(f.Planned), "backend"), f.Policy))
 			}
 		}
+		// Without a protocol both were asked about: say what the other
+		// one meets at a ClusterIP.
+		for _, p := range []lb.Proto{lb.TCP, lb.UDP} {
+			if ex.Query.Proto == 0 && !protos[p] && r.UnknownPorts != nil {
+				port := strconv.Itoa(int(ex.Query.Port)) + "/" + p.String()
+				parts = append(parts, port+": "+unknownVerdict(r.UnknownPorts, "the Service has no port "+port))
+			}
+		}
 		return strings.Join(parts, "; ")
 	}
-	for _, p := range ex.Ports {
-		if p.Kind == lb.KindClusterIP {
-			return fmt.Sprintf("refused at once (ECONNREFUSED): a ClusterIP of %s, which has no port %s", p.Name, portOf(ex.Query))
+	if r.UnknownPorts != nil {
+		for _, p := range ex.Ports {
+			if p.Kind == lb.KindClusterIP {
+				return unknownVerdict(r.UnknownPorts, fmt.Sprintf("a ClusterIP of %s, which has no port %s", p.Name, portOf(ex.Query)))
+			}
 		}
 	}
 	if len(ex.Ports) > 0 {

@@ -179,3 +179,64 @@ func TestExplainVerdicts(t *testing.T) {
 		t.Errorf("before the sources synced: %v, want ErrNotSynced", err)
 	}
 }
+
+// A port (or protocol) a ClusterIP does not have: the verdict follows
+// the kernel's cluster IP map, and says loudly when that is not what the
+// plan wants.
+func TestExplainUnknownPorts(t *testing.T) {
+	in := objects()
+	n, f := node(t, in)
+	vip := netip.MustParseAddr("10.96.0.5")
+	ask := func(q string) Report {
+		t.Helper()
+		qq, err := ParseQuery(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Explain(n, qq, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// Without a protocol: TCP balanced, UDP refused (no such port).
+	r := ask("10.96.0.5:80")
+	if !strings.Contains(r.Verdict, "balanced over 1 backend") ||
+		!strings.Contains(r.Verdict, "80/UDP: refused at once (ECONNREFUSED): the Service has no port 80/UDP") {
+		t.Errorf("verdict %q; want TCP balanced and UDP refused", r.Verdict)
+	}
+	if r := ask("10.96.0.5:80/tcp"); strings.Contains(r.Verdict, "UDP") {
+		t.Errorf("verdict for /tcp %q mentions UDP", r.Verdict)
+	}
+	if u := r.UnknownPorts; u == nil || !u.Refused || u.OverCapacity || u.Differs != "" {
+		t.Errorf("unknown ports %+v; want refused, as planned", u)
+	}
+
+	// A frontend of the address over capacity: the plan leaves the
+	// address out of the cluster IP map, and unknown ports untouched.
+	if err := f.DeleteVIP(vip); err != nil {
+		t.Fatal(err)
+	}
+	n.Facts = func() lb.Facts {
+		return lb.Facts{OverCapacity: map[lb.Frontend]bool{{Addr: vip, Port: 80, Proto: lb.TCP}: false}}
+	}
+	r = ask("10.96.0.5:81/tcp")
+	if !strings.HasPrefix(r.Verdict, "left untranslated: a ClusterIP of default/web, which has no port 81/TCP; a frontend of the address is over map capacity") ||
+		r.UnknownPorts.Differs != "" {
+		t.Errorf("over capacity: verdict %q, %+v", r.Verdict, r.UnknownPorts)
+	}
+	// The kernel lacks the address the plan wants there: said loudly.
+	n.Facts = func() lb.Facts { return lb.Facts{} }
+	r = ask("10.96.0.5:81")
+	var buf bytes.Buffer
+	if err := Render(&buf, r, n.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(r.Verdict, "left untranslated for now") || !strings.Contains(buf.String(), "KERNEL DIFFERS FROM THE PLAN: the kernel does not hold the address") {
+		t.Errorf("missing address: verdict %q, rendered:\n%s", r.Verdict, buf.String())
+	}
+	// Not a ClusterIP: nothing about unknown ports.
+	if r := ask("10.96.0.6:80"); r.UnknownPorts != nil {
+		t.Errorf("an unknown address has unknown ports %+v", r.UnknownPorts)
+	}
+}
