@@ -61,8 +61,17 @@ func newBypass(c Config, client kubernetes.Interface, dp *loader.Datapath, reg *
 	}, func() float64 { return float64(len(keeper.Entries())) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "socklb_bypass_unresolved_pods",
-		Help: "Pods of this node chosen for bypass whose network namespace is not in the bypass map yet: starting, or one the agent cannot find or read (logged per pod).",
+		Help: "Pods of this node chosen for bypass (or undecided: their namespace not seen yet) whose network namespace is not in the bypass map: starting, or one the agent cannot find or read (logged for a running pod).",
 	}, func() float64 { return float64(keeper.Unresolved()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "socklb_bypass_synced",
+		Help: "1 once the watches of this node's pods and of the namespaces have synced; until then no pod is bypassed.",
+	}, func() float64 {
+		if keeper.Synced() {
+			return 1
+		}
+		return 0
+	}))
 	log.Info("bypass: watching this node's pods", "namespace_selector", c.BypassNamespaces, "pod_selector", c.BypassPods)
 	return keeper, func(ctx context.Context) error {
 		g, ctx := errgroup.WithContext(ctx)

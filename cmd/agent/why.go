@@ -63,6 +63,9 @@ func whyHandler(n why.Node, pods podClient, bypassed func(uint64) (bool, error))
 			case errors.Is(err, bypass.ErrUnknownPod):
 				http.Error(w, err.Error(), http.StatusNotFound)
 				return
+			case errors.Is(err, bypass.ErrNotStarted):
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
 			case err != nil:
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -182,7 +183,7 @@ func TestKeeperRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	k.find.self = 7
-	k.find.startOf = pidOrder
+	k.find.linkOf = pidLink
 	k.find.cookieOf = func(pid int) (uint64, error) {
 		switch pid {
 		case 100:
@@ -249,7 +250,7 @@ func TestKeeperCannotSee(t *testing.T) {
 		denied + "/pause":              {"300"}, // pause as 65535: EACCES without CAP_SYS_PTRACE
 		"kubepods/pod" + uidC + "/ctr": {},
 	})
-	f := &finder{root: root, self: 7, cookieOf: func(pid int) (uint64, error) {
+	f := &finder{root: root, self: 7, linkOf: pidLink, cookieOf: func(pid int) (uint64, error) {
 		return 0, fmt.Errorf("open netns /proc/%d/ns/net: %w", pid, syscall.EACCES)
 	}}
 	for _, tt := range []struct{ dir, want string }{
@@ -282,22 +283,23 @@ func TestKeeperCannotSee(t *testing.T) {
 	k.find = f
 	// The first second: polled, as for a process in the middle of an
 	// exec, and not warned about.
-	if err := k.round(); err != nil {
+	next, err := k.round()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if k.pending != 2 || strings.Contains(logs.String(), "not bypassed") {
-		t.Errorf("in the first second: pending %d, log %q; want both polled, no warning", k.pending, logs.String())
+	if next != k.opts.Poll || strings.Contains(logs.String(), "not bypassed") {
+		t.Errorf("in the first second: next round in %v, log %q; want both polled, no warning", next, logs.String())
 	}
 	for uid := range k.blind {
 		k.blind[uid] = time.Now().Add(-2 * time.Second)
 	}
 	for range 3 {
-		if err := k.round(); err != nil {
+		if next, err = k.round(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if k.pending != 0 || len(k.Entries()) != 0 {
-		t.Errorf("pending %d, entries %+v; want neither: waiting cannot help", k.pending, k.Entries())
+	if next != k.opts.Resync || len(k.Entries()) != 0 {
+		t.Errorf("next round in %v, entries %+v; want a resync's, none: waiting cannot help", next, k.Entries())
 	}
 	for _, p := range []string{"a/hidden", "a/denied"} {
 		if n := strings.Count(logs.String(), "pod not bypassed as asked\" pod="+p+" "); n != 1 {
@@ -307,14 +309,15 @@ func TestKeeperCannotSee(t *testing.T) {
 }
 
 // A pod that waits for its network namespace is polled fast for
-// fastWait, then looked at in each round only; one the kubelet says runs
-// is warned about once. A pod whose namespace's labels are not known yet
-// waits too (undecided), and is bypassed once they are.
+// fastWait; then one whose cgroup exists (a sandbox that may start at any
+// moment) at slowPoll, any other in each round only, and one the kubelet
+// says runs is warned about once. A pod whose namespace's labels are not
+// known yet waits too (undecided), and is bypassed once they are.
 func TestKeeperWaits(t *testing.T) {
-	root := tree(t, map[string][]string{"kubepods/pod" + uidB + "/ctr": {"200"}})
+	root := tree(t, map[string][]string{"kubepods/pod" + uidB + "/ctr": {"200"}, "kubepods/pod" + uidC + "/ctr": {}})
 	running := pod("a", "nocgroup", uidA, nil, map[string]string{Annotation: "true"})
 	running.Status.Phase = corev1.PodRunning
-	pods := []*corev1.Pod{running, pod("late", "b", uidB, nil, nil)}
+	pods := []*corev1.Pod{running, pod("late", "b", uidB, nil, nil), pod("a", "volumes", uidC, nil, map[string]string{Annotation: "true"})}
 	var mu sync.Mutex
 	nsKnown := false
 	var logs strings.Builder
@@ -344,86 +347,172 @@ func TestKeeperWaits(t *testing.T) {
 	}
 	k.find.self = 7
 	k.find.cookieOf = func(pid int) (uint64, error) { return 22, nil }
-	k.find.startOf = pidOrder
-	if err := k.round(); err != nil {
+	k.find.linkOf = pidLink
+	next, err := k.round()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if k.pending != 2 || k.Unresolved() != 2 || strings.Contains(logs.String(), "not bypassed") {
-		t.Errorf("at first: pending %d, unresolved %d, log %q; want both polled, no warning", k.pending, k.Unresolved(), logs.String())
+	if next != k.opts.Poll || k.Unresolved() != 3 || strings.Contains(logs.String(), "not bypassed") {
+		t.Errorf("at first: next round in %v, unresolved %d, log %q; want all polled, no warning", next, k.Unresolved(), logs.String())
 	}
 	if _, d, err := k.Client("late", "b"); err != nil || d.Bypass || !strings.Contains(d.Why, "undecided") {
 		t.Errorf("client late/b: %+v, %v; want undecided", d, err)
+	}
+	if _, _, err := k.Client("a", "volumes"); !errors.Is(err, ErrNotStarted) {
+		t.Errorf("client a/volumes: %v; want ErrNotStarted", err)
 	}
 	for uid := range k.waiting {
 		k.waiting[uid] = time.Now().Add(-fastWait - time.Second)
 	}
 	for range 3 {
-		if err := k.round(); err != nil {
+		if next, err = k.round(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if k.pending != 0 || k.Unresolved() != 2 {
-		t.Errorf("past fastWait: pending %d, unresolved %d; want 0 polled, 2 unresolved", k.pending, k.Unresolved())
+	if next != slowPoll || k.Unresolved() != 3 {
+		t.Errorf("past fastWait: next round in %v, unresolved %d; want %v (a cgroup without its sandbox yet), 3 unresolved",
+			next, k.Unresolved(), slowPoll)
 	}
 	if n := strings.Count(logs.String(), "pod not bypassed as asked\" pod=a/nocgroup "); n != 1 ||
 		!strings.Contains(logs.String(), "is --cgroup-path the kubelet's cgroup root?") {
 		t.Errorf("%d warnings for the running pod without a cgroup, want 1 naming --cgroup-path:\n%s", n, logs.String())
 	}
-	if strings.Contains(logs.String(), "pod=late/b") {
+	if strings.Contains(logs.String(), "pod=late/b") || strings.Contains(logs.String(), "pod=a/volumes") {
 		t.Errorf("a pod not running was warned about:\n%s", logs.String())
 	}
 	mu.Lock()
 	nsKnown = true
 	mu.Unlock()
-	if err := k.round(); err != nil {
+	if _, err := k.round(); err != nil {
 		t.Fatal(err)
 	}
-	if e := k.Entries(); len(e) != 1 || e[0].Pod != "late/b" || e[0].Cookie != 22 || k.Unresolved() != 1 {
+	if e := k.Entries(); len(e) != 1 || e[0].Pod != "late/b" || e[0].Cookie != 22 || k.Unresolved() != 2 {
 		t.Errorf("once the namespace is known: entries %+v, unresolved %d; want late/b bypassed", e, k.Unresolved())
+	}
+	// A resync that cannot find the namespace again keeps the entry;
+	// so does a namespace that drops out of the cache.
+	k.find.cookieOf = func(int) (uint64, error) { return 0, errors.New("no such process") }
+	k.refresh = true
+	mu.Lock()
+	nsKnown = false
+	mu.Unlock()
+	if _, err := k.round(); err != nil {
+		t.Fatal(err)
+	}
+	if e := k.Entries(); len(e) != 1 || e[0].Cookie != 22 {
+		t.Errorf("after a resync that found nothing: entries %+v; want late/b kept", e)
 	}
 }
 
-// pidOrder stands for the start times of fake processes: in PID order.
-func pidOrder(pid int) (uint64, bool) { return uint64(pid), true }
+// A round that fails is retried after a second, not at the poll rate of
+// the pods that wait.
+func TestKeeperBacksOff(t *testing.T) {
+	root := tree(t, map[string][]string{"kubepods/pod" + uidB + "/ctr": {"200"}})
+	pods := []*corev1.Pod{pod("a", "b", uidB, nil, map[string]string{Annotation: "true"}),
+		pod("a", "waits", uidA, nil, map[string]string{Annotation: "true"})}
+	var logs syncBuilder
+	k, err := New(Options{CgroupRoot: root, Table: failingTable{},
+		Pods:      func() []*corev1.Pod { return pods },
+		Namespace: func(string) (map[string]string, bool) { return map[string]string{}, true },
+		Synced:    func() bool { return true },
+		Log:       slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.find.self = 7
+	k.find.cookieOf = func(pid int) (uint64, error) { return 22, nil }
+	k.find.linkOf = pidLink
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := k.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "bypass: update failed"); n != 1 || !strings.Contains(logs.String(), "retry_in=1s") {
+		t.Errorf("%d failed rounds logged in 0.5 s, want 1 (retried after 1 s):\n%s", n, logs.String())
+	}
+	if k.Unresolved() != 1 {
+		t.Errorf("unresolved %d after a failed write, want 1 (the pod without a cgroup)", k.Unresolved())
+	}
+}
 
-// A container with a network namespace of its own (unshare -n, Docker in
-// Docker) does not make its namespace the pod's, whatever order the
-// cgroups are listed in: the pod's is the one most of its cgroups share,
-// and on a tie the one whose process started first.
+type failingTable struct{}
+
+func (failingTable) Cookies() ([]uint64, error) { return nil, nil }
+func (failingTable) Put(uint64) error           { return errors.New("map full") }
+func (failingTable) Delete(uint64) error        { return nil }
+
+// syncBuilder is a strings.Builder safe for a logger on another goroutine.
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// pidLink stands for the nsfs links of fake processes: one namespace
+// per process, so every one is read.
+func pidLink(pid int) (string, error) { return fmt.Sprintf("net:[%d]", pid), nil }
+
+// A container with network namespaces of its own (unshare -n; Docker in
+// Docker, whose inner containers nest cgroups) does not make its
+// namespace the pod's, whatever order the cgroups are listed in: each
+// container votes for its oldest namespace (lowest cookie), the most
+// voted wins, on a tie the oldest.
 func TestNetnsOfNested(t *testing.T) {
 	pod := "kubepods/pod" + uidA
-	cookies := map[int]uint64{10: 100, 20: 100, 30: 300, 31: 300, 40: 7}
-	f := &finder{self: 7, startOf: pidOrder, cookieOf: func(pid int) (uint64, error) {
+	cookies := map[int]uint64{10: 100, 11: 100, 20: 100, 30: 300, 31: 300, 32: 301, 40: 7}
+	reads := 0
+	f := &finder{self: 7, cookieOf: func(pid int) (uint64, error) {
+		reads++
 		if c, ok := cookies[pid]; ok {
 			return c, nil
 		}
 		return 0, errors.New("no such process")
+	}, linkOf: func(pid int) (string, error) {
+		if c, ok := cookies[pid]; ok {
+			return fmt.Sprintf("net:[%d]", c), nil
+		}
+		return "", errors.New("no such process")
 	}}
 	for _, tt := range []struct {
 		name  string
 		procs map[string][]string
 		want  uint64
+		reads int
 	}{
-		{"a nested namespace's container listed first, with two processes", map[string][]string{
-			pod + "/0aaa-nested": {"30", "31"}, pod + "/1bbb-app": {"20"}, pod + "/fff-pause": {"10"}}, 100},
-		{"one container in a namespace of its own, listed first: the oldest process's", map[string][]string{
-			pod + "/0aaa-nested": {"30"}, pod + "/fff-pause": {"10"}}, 100},
+		{"a container in a namespace of its own, listed first", map[string][]string{
+			pod + "/0aaa-nested": {"30"}, pod + "/fff-pause": {"10"}}, 100, 2},
+		{"Docker in Docker: inner cgroups in other namespaces", map[string][]string{
+			pod + "/0aaa-dind":                          {"20"},
+			pod + "/0aaa-dind/inner/init.scope":         {"30"},
+			pod + "/0aaa-dind/inner/kubelet.service":    {"31"},
+			pod + "/0aaa-dind/inner/containerd.service": {"32"},
+			pod + "/0aaa-dind/other/init.scope":         {"32"},
+			pod + "/fff-pause":                          {"10", "11"}}, 100, 3},
 		{"a node process in the pod's cgroup is never taken", map[string][]string{
-			pod + "/0aaa": {"40"}, pod + "/fff-pause": {"30"}}, 300},
+			pod + "/0aaa": {"40"}, pod + "/fff-pause": {"30"}}, 300, 2},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			root := tree(t, tt.procs)
-			f.root = root
+			f.root, reads = root, 0
 			got, err := f.netnsOf(filepath.Join(root, pod))
-			if err != nil || got != tt.want {
-				t.Errorf("netnsOf = %d, %v; want %d", got, err, tt.want)
+			if err != nil || got != tt.want || reads != tt.reads {
+				t.Errorf("netnsOf = %d, %v, %d cookies read; want %d, %d read (one per namespace)", got, err, reads, tt.want, tt.reads)
 			}
 		})
 	}
-	if st, ok := startTime(os.Getpid()); !ok || st == 0 {
-		t.Errorf("startTime of this process = %d, %v", st, ok)
-	}
-	if _, ok := startTime(-1); ok {
-		t.Error("startTime of no process succeeded")
+	if _, err := f.netnsOf(filepath.Join(t.TempDir(), "gone")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("netnsOf of a removed cgroup: %v, want fs.ErrNotExist", err)
 	}
 }

@@ -32,10 +32,10 @@ type finder struct {
 	// never a pod's either, also for an agent outside the node's
 	// namespace; 0 when it cannot be read.
 	init uint64
-	// cookieOf reads the cookie of /proc/PID/ns/net, startOf when the
-	// process started; a test replaces them.
+	// cookieOf reads the cookie of /proc/PID/ns/net, linkOf what the
+	// link reads ("net:[inode]"); a test replaces them.
 	cookieOf func(pid int) (uint64, error)
-	startOf  func(pid int) (uint64, bool)
+	linkOf   func(pid int) (string, error)
 }
 
 func newFinder(root string) (*finder, error) {
@@ -44,10 +44,13 @@ func newFinder(root string) (*finder, error) {
 		return nil, fmt.Errorf("the agent's own network namespace: %w", err)
 	}
 	init, _ := netnsid.Cookie("/proc/1/ns/net")
-	return &finder{root: root, self: self, init: init, startOf: startTime, cookieOf: func(pid int) (uint64, error) {
-		return netnsid.Cookie("/proc/" + strconv.Itoa(pid) + "/ns/net")
-	}}, nil
+	return &finder{root: root, self: self, init: init,
+		cookieOf: func(pid int) (uint64, error) { return netnsid.Cookie(nsPath(pid)) },
+		linkOf:   func(pid int) (string, error) { return os.Readlink(nsPath(pid)) },
+	}, nil
 }
+
+func nsPath(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/ns/net" }
 
 // podDirs finds the pod cgroups below the root, by UID.
 func (f *finder) podDirs() (map[types.UID]string, error) {
@@ -118,40 +121,63 @@ var errNoProcess = errors.New("no process of the pod in a network namespace of i
 // error says which.
 var errCannotSee = errors.New("the agent cannot read the network namespace of the pod's processes")
 
+// maxContainerDepth bounds the walk below a pod's cgroup: the runtime
+// puts each container one level down, and a container may nest its own
+// cgroups (systemd, Docker in Docker) a few levels more.
+const maxContainerDepth = 8
+
 // netnsOf returns the cookie of the pod's network namespace, from the
 // processes in the pod cgroup dir. A process still in the node's
 // namespace is skipped: the runtime moves its init into the cgroup before
-// it enters the pod's namespaces. A container may run processes in a
-// namespace of its own (unshare -n, Docker in Docker), so the pod's is
-// the one shared by the most of its cgroups (the sandbox's and every
-// container's that did not leave it), and on a tie the one of the
-// process that started first (the sandbox's pause starts before any
-// container). When no process gives a cookie because the agent may not
-// see them (no hostPID: cgroup.procs lists them as 0) or may not open
-// their /proc/PID/ns/net (another user's process, e.g. the sandbox's
-// pause as 65535, or one holding capabilities the agent lacks, needs
-// CAP_SYS_PTRACE), it returns errCannotSee: else the pod would wait
-// forever, polled, for a namespace the agent can never read.
+// it enters the pod's namespaces. A container may run processes in
+// namespaces of its own (unshare -n; Docker in Docker, whose inner
+// containers nest cgroups below it), so each container (each cgroup
+// directly below the pod's) votes for the oldest namespace among its
+// processes, the lowest cookie (cookies are handed out in the order the
+// namespaces are made), and the pod's is the one most containers vote
+// for, on a tie the oldest: the sandbox's and that of every container
+// that did not leave it, made before any container's own. When no
+// process gives a cookie because the agent may not see them (no hostPID:
+// cgroup.procs lists them as 0) or may not open their /proc/PID/ns/net
+// (another user's process, e.g. the sandbox's pause as 65535, or one
+// holding capabilities the agent lacks, needs CAP_SYS_PTRACE), it
+// returns errCannotSee: else the pod would wait forever, polled, for a
+// namespace the agent can never read. A pod cgroup that is gone is an
+// error wrapping fs.ErrNotExist.
 func (f *finder) netnsOf(dir string) (uint64, error) {
-	type candidate struct {
-		dirs  int    // cgroups with a process in the namespace
-		first uint64 // the earliest start of those processes
-	}
-	found := map[uint64]*candidate{}
+	dir = filepath.Clean(dir)
+	base := strings.Count(dir, string(filepath.Separator))
+	votes := map[string]uint64{} // container cgroup → the oldest namespace in it
+	known := map[string]uint64{} // namespace link ("net:[inode]") → cookie, read once per walk
 	hidden, denied := 0, 0
 	var deniedErr error
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
+		if err != nil {
+			if path == dir {
+				return err
+			}
+			return nil // removed meanwhile
+		}
+		if !d.IsDir() {
 			return nil
+		}
+		depth := strings.Count(path, string(filepath.Separator)) - base
+		if depth > maxContainerDepth {
+			return fs.SkipDir
+		}
+		container := path // the pod's own cgroup votes for itself
+		if depth > 0 {
+			rel, _ := filepath.Rel(dir, path)
+			first, _, _ := strings.Cut(rel, string(filepath.Separator))
+			container = filepath.Join(dir, first)
 		}
 		pids, invisible, err := readPIDs(filepath.Join(path, "cgroup.procs"))
 		if err != nil {
 			return nil // removed meanwhile
 		}
 		hidden += invisible
-		here := map[uint64]bool{}
 		for _, pid := range pids {
-			c, err := f.cookieOf(pid)
+			c, err := f.cookieOfPID(pid, known)
 			if errors.Is(err, fs.ErrPermission) {
 				denied++
 				deniedErr = err
@@ -160,32 +186,26 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 			if err != nil || c == f.self || c == f.init || c == 0 {
 				continue // gone, or not in the pod's namespace yet
 			}
-			start, ok := f.startOf(pid)
-			if !ok {
-				continue // gone
+			if v, ok := votes[container]; !ok || c < v {
+				votes[container] = c
 			}
-			cd := found[c]
-			if cd == nil {
-				cd = &candidate{first: start}
-				found[c] = cd
-			}
-			if !here[c] {
-				here[c] = true
-				cd.dirs++
-			}
-			cd.first = min(cd.first, start)
 		}
 		return nil
 	})
+	if err != nil {
+		return 0, fmt.Errorf("look for the processes of %s: %w", dir, err)
+	}
+	count := map[uint64]int{}
+	for _, c := range votes {
+		count[c]++
+	}
 	var best uint64
-	for c, cd := range found {
-		if b := found[best]; b == nil || cd.dirs > b.dirs || (cd.dirs == b.dirs && (cd.first < b.first || (cd.first == b.first && c < best))) {
+	for c, n := range count {
+		if best == 0 || n > count[best] || (n == count[best] && c < best) {
 			best = c
 		}
 	}
 	switch {
-	case err != nil:
-		return 0, fmt.Errorf("look for the processes of %s: %w", dir, err)
 	case best != 0:
 		return best, nil
 	case denied > 0:
@@ -198,25 +218,23 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 	return 0, errNoProcess
 }
 
-// startTime reads when a process started, in clock ticks since boot
-// (field 22 of /proc/PID/stat); false when it is gone.
-func startTime(pid int) (uint64, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+// cookieOfPID reads the cookie of a process's network namespace, once
+// per namespace in known (keyed by the nsfs link, unique among the
+// namespaces that exist): most processes of a pod share one.
+func (f *finder) cookieOfPID(pid int, known map[string]uint64) (uint64, error) {
+	link, err := f.linkOf(pid)
 	if err != nil {
-		return 0, false
+		return 0, err
 	}
-	// The command name (field 2) is in parentheses and may hold spaces
-	// and parentheses: the fields after it follow the last ')'.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, false
+	if c, ok := known[link]; ok {
+		return c, nil
 	}
-	fields := strings.Fields(string(b[i+1:]))
-	if len(fields) < 20 { // fields 3 to 22
-		return 0, false
+	c, err := f.cookieOf(pid)
+	if err != nil {
+		return 0, err
 	}
-	v, err := strconv.ParseUint(fields[19], 10, 64)
-	return v, err == nil
+	known[link] = c
+	return c, nil
 }
 
 // readPIDs reads a cgroup.procs file: the PIDs, and how many processes

@@ -116,6 +116,13 @@ type Explanation struct {
 	// Ports are the frontends of Services at the address (any port),
 	// when Frontends is empty: a known address at an unknown port.
 	Ports []PortUse
+	// AtAddress are the frontends that win at the address, at any port
+	// and protocol (NodePorts left out), sorted: whether the address is
+	// a published ClusterIP is the planner's question of them.
+	AtAddress []PortUse
+	// Unbalanced are the ports of Services at the address and port of a
+	// protocol socklb does not balance (SCTP): left untouched.
+	Unbalanced []UnbalancedPort
 	// NotHandled are the Services with the address that socklb leaves
 	// to others, with the reason.
 	NotHandled []NotHandled
@@ -162,6 +169,13 @@ type PortUse struct {
 	Proto Proto
 }
 
+// UnbalancedPort is a Service's port at the queried address and port of
+// a protocol socklb does not balance.
+type UnbalancedPort struct {
+	Name     types.NamespacedName
+	Protocol string
+}
+
 // NotHandled is a Service at the address that socklb does not balance.
 type NotHandled struct {
 	Name   types.NamespacedName
@@ -177,7 +191,7 @@ func Explain(in Input, q Query, facts Facts) Explanation {
 	_, ex.NodeAddress = slices.BinarySearchFunc(nodeAddrs, q.Addr, netip.Addr.Compare)
 	node := NodeInfo{Name: in.Node.Name, Zone: in.Node.Zone}
 	byService := groupSlices(in.EndpointSlices)
-	var cands []claim
+	var cands, all []claim
 	var w warnings
 	for _, svc := range in.Services {
 		if svc == nil || !hasAddress(svc, q, ex.NodeAddress) {
@@ -188,11 +202,15 @@ func Explain(in Input, q Query, facts Facts) Explanation {
 			ex.NotHandled = append(ex.NotHandled, NotHandled{Name: name, Reason: why})
 			continue
 		}
+		ex.Unbalanced = append(ex.Unbalanced, unbalancedAt(svc, name, q, ex.NodeAddress)...)
 		fes := frontends(svc, byService[name], node, nodeAddrs, in.Defaults, &w)
-		var mine []Service
+		var mine, here []Service
 		for _, fe := range fes {
 			if fe.Frontend.Addr != q.Addr {
 				continue
+			}
+			if fe.Kind != KindNodePort {
+				here = append(here, fe)
 			}
 			if fe.Frontend.Port != q.Port || (q.Proto != 0 && fe.Frontend.Proto != q.Proto) {
 				if fe.Kind != KindNodePort {
@@ -203,6 +221,13 @@ func Explain(in Input, q Query, facts Facts) Explanation {
 			mine = append(mine, fe)
 		}
 		cands = appendClaims(cands, svc, mine)
+		all = appendClaims(all, svc, here)
+	}
+	slices.SortFunc(all, compareClaim)
+	for i, c := range all {
+		if i == 0 || c.Frontend != all[i-1].Frontend {
+			ex.AtAddress = append(ex.AtAddress, PortUse{Name: c.Name, Kind: c.Kind, Port: c.Frontend.Port, Proto: c.Frontend.Proto})
+		}
 	}
 	slices.SortFunc(cands, compareClaim)
 	for len(cands) > 0 {
@@ -294,6 +319,24 @@ func endpointReport(b Backend, c *candidate, reason Reason) EndpointReport {
 	slices.Sort(e.ZoneHints)
 	slices.Sort(e.NodeHints)
 	return e
+}
+
+// unbalancedAt lists svc's ports numbered port (or, at a node address,
+// with that nodePort) of a protocol other than TCP and UDP (hasAddress
+// said the address is svc's).
+func unbalancedAt(svc *corev1.Service, name types.NamespacedName, q Query, atNode bool) []UnbalancedPort {
+	var out []UnbalancedPort
+	own := hasAddress(svc, q, false) // one of its IPs, not only the node's
+	for _, p := range svc.Spec.Ports {
+		proto := p.Protocol
+		if proto == "" || proto == corev1.ProtocolTCP || proto == corev1.ProtocolUDP {
+			continue
+		}
+		if (own && p.Port == int32(q.Port)) || (atNode && p.NodePort == int32(q.Port)) {
+			out = append(out, UnbalancedPort{Name: name, Protocol: string(proto)})
+		}
+	}
+	return out
 }
 
 // hasAddress reports whether svc may have a frontend at q's address: one

@@ -20,6 +20,12 @@ type Report struct {
 	// UnknownPorts is what the kernel does with the ports and protocols
 	// no Service has at the address, when it is a ClusterIP.
 	UnknownPorts *UnknownPorts `json:"unknownPorts,omitempty"`
+	// KernelOnly are frontends at the address and port that the kernel
+	// holds and the plan does not.
+	KernelOnly []string `json:"kernelOnly,omitempty"`
+	// Unbalanced are Services' ports at the address and port of a
+	// protocol socklb does not balance.
+	Unbalanced []string `json:"unbalanced,omitempty"`
 	// NodeAddress: the address is one of this node's (NodePorts).
 	NodeAddress bool         `json:"nodeAddress"`
 	NotHandled  []NotHandled `json:"notHandled,omitempty"`
@@ -38,6 +44,9 @@ type UnknownPorts struct {
 	// the maps, so the plan leaves the address out of the cluster IP
 	// map, and such connects leave untranslated.
 	OverCapacity bool `json:"overCapacity"`
+	// NoClusterIP: no ClusterIP frontend wins at the address in the plan
+	// (other Services' external addresses claim its ports).
+	NoClusterIP bool `json:"noClusterIP,omitempty"`
 	// Differs is the difference between the kernel and the plan, ""
 	// for none.
 	Differs string `json:"differs,omitempty"`
@@ -155,12 +164,20 @@ func Render(w io.Writer, r Report, now time.Time) error {
 			p.f("\nother ports of this ClusterIP: refused by the kernel (%d refused so far)\n", u.Refusals)
 		case u.OverCapacity:
 			p.f("\nother ports of this ClusterIP: left untranslated (a frontend of it is over map capacity)\n")
+		case u.NoClusterIP:
+			p.f("\nother ports of this address: left untranslated (no ClusterIP frontend of its own)\n")
 		default:
 			p.f("\nother ports of this ClusterIP: left untranslated (not in the kernel's cluster IP map)\n")
 		}
 		if u.Differs != "" {
 			p.f("  !!! KERNEL DIFFERS FROM THE PLAN: %s\n", u.Differs)
 		}
+	}
+	for _, k := range r.KernelOnly {
+		p.f("\n!!! KERNEL DIFFERS FROM THE PLAN: the kernel holds %s, which the plan does not have\n", k)
+	}
+	for _, u := range r.Unbalanced {
+		p.f("\n%s: not balanced by socklb (only TCP and UDP are), left untouched\n", u)
 	}
 	for _, n := range r.NotHandled {
 		p.f("\n%s has this address but is not balanced by socklb: %s\n", n.Service, n.Reason)

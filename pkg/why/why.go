@@ -94,7 +94,8 @@ func Explain(n Node, q lb.Query, client *Client) (Report, error) {
 	if !ok {
 		return Report{}, ErrNotSynced
 	}
-	ex := lb.Explain(in, q, n.Facts())
+	facts := n.Facts() // once: one answer, one sync's facts
+	ex := lb.Explain(in, q, facts)
 	r := Report{
 		Query: QueryString(q), NodeAddress: ex.NodeAddress, Client: client,
 		NotHandled: notHandled(ex.NotHandled), Warnings: warnings(ex.Warnings),
@@ -122,12 +123,20 @@ func Explain(n Node, q lb.Query, client *Client) (Report, error) {
 		}
 		r.Frontends = append(r.Frontends, f)
 	}
-	if u, err := unknownPorts(n.Kernel, ex, n.Facts()); err != nil {
+	if r.UnknownPorts, err = unknownPorts(n.Kernel, ex, facts); err != nil {
 		return Report{}, err
-	} else if u != nil {
-		r.UnknownPorts = u
+	}
+	if r.KernelOnly, err = kernelOnly(n.Kernel, ex); err != nil {
+		return Report{}, err
+	}
+	for _, u := range ex.Unbalanced {
+		r.Unbalanced = append(r.Unbalanced, fmt.Sprintf("%s port %d/%s", u.Name, q.Port, u.Protocol))
 	}
 	r.Verdict = verdict(r, ex)
+	if len(r.KernelOnly) > 0 {
+		r.Verdict = "the kernel still balances " + strings.Join(r.KernelOnly, ", ") +
+			", which the plan no longer has (a sync is pending or failed); the plan: " + r.Verdict
+	}
 	if client != nil && client.Bypassed {
 		r.Verdict = "this client is bypassed (" + client.Why + "): socklb leaves its connects untouched, whatever the address; for the others: " + r.Verdict
 	}
@@ -283,33 +292,73 @@ func warnings(in []lb.Warning) []string {
 }
 
 // unknownPorts says what the kernel does with the address's ports and
-// protocols that no Service has, when it is a ClusterIP; nil otherwise.
-// The plan keeps a ClusterIP in the cluster IP map unless one of its
-// frontends is left out for room (placeVIPs).
+// protocols that no Service has, when it is a ClusterIP in the plan or in
+// the kernel; nil otherwise. The plan's rule (placeVIPs): the address is
+// in the cluster IP map while a ClusterIP frontend wins there and none of
+// those is left out for room.
 func unknownPorts(k maps.Reader, ex lb.Explanation, facts lb.Facts) (*UnknownPorts, error) {
-	isClusterIP := slices.ContainsFunc(ex.Ports, func(p lb.PortUse) bool { return p.Kind == lb.KindClusterIP }) ||
-		slices.ContainsFunc(ex.Frontends, func(f lb.FrontendReport) bool { return f.Service.Kind == lb.KindClusterIP })
-	if !isClusterIP {
-		return nil, nil
-	}
-	var u UnknownPorts
-	for fe, stale := range facts.OverCapacity {
-		if fe.Addr == ex.Query.Addr && !stale {
-			u.OverCapacity = true
+	var clusterIPs []lb.Frontend
+	for _, p := range ex.AtAddress {
+		if p.Kind == lb.KindClusterIP {
+			clusterIPs = append(clusterIPs, lb.Frontend{Addr: ex.Query.Addr, Port: p.Port, Proto: p.Proto})
 		}
 	}
-	refused, ok, err := k.VIP(ex.Query.Addr)
+	refused, inMap, err := k.VIP(ex.Query.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("read cluster IP %s from the maps: %w", ex.Query.Addr, err)
 	}
-	u.Refused, u.Refusals = ok, refused
+	if len(clusterIPs) == 0 && !inMap {
+		return nil, nil
+	}
+	u := UnknownPorts{Refused: inMap, Refusals: refused, NoClusterIP: len(clusterIPs) == 0}
+	for _, fe := range clusterIPs {
+		if stale, over := facts.OverCapacity[fe]; over && !stale {
+			u.OverCapacity = true
+		}
+	}
+	planned := len(clusterIPs) > 0 && !u.OverCapacity
 	switch {
-	case u.Refused && u.OverCapacity:
-		u.Differs = "the kernel refuses the address's unknown ports, but a frontend of it is over capacity (a sync is pending or failed)"
-	case !u.Refused && !u.OverCapacity:
+	case u.Refused && u.NoClusterIP:
+		u.Differs = "the kernel refuses the address's unknown ports, but the plan has no ClusterIP frontend there (a sync is pending or failed)"
+	case u.Refused && !planned:
+		u.Differs = "the kernel refuses the address's unknown ports, but a ClusterIP frontend of it is over capacity (a sync is pending or failed)"
+	case !u.Refused && planned:
 		u.Differs = "the kernel does not hold the address in its cluster IP map, so its unknown ports leave untranslated (a sync is pending or failed)"
 	}
 	return &u, nil
+}
+
+// kernelOnly lists the frontends at the queried address and port that
+// the kernel holds and the plan does not have (a Service deleted, or no
+// longer socklb's, while its sync is pending or failed).
+func kernelOnly(k maps.Reader, ex lb.Explanation) ([]string, error) {
+	planned := map[lb.Proto]bool{}
+	for _, f := range ex.Frontends {
+		planned[f.Service.Frontend.Proto] = true
+	}
+	var out []string
+	for _, p := range []lb.Proto{lb.TCP, lb.UDP} {
+		if planned[p] || (ex.Query.Proto != 0 && ex.Query.Proto != p) {
+			continue
+		}
+		fe := maps.Frontend{Addr: ex.Query.Addr, Port: ex.Query.Port, Proto: uint8(p)}
+		live, ok, err := k.Frontend(fe)
+		if err != nil {
+			return nil, fmt.Errorf("read frontend %s from the maps: %w", fe, err)
+		}
+		if ok {
+			out = append(out, fmt.Sprintf("%s (%s, frontend id %d, %s)", fe, orUnnamed(live.Name), live.RevNATID,
+				count(len(live.Backends), "backend")))
+		}
+	}
+	return out, nil
+}
+
+func orUnnamed(s string) string {
+	if s == "" || s == "/" {
+		return "no name"
+	}
+	return s
 }
 
 // unknownVerdict says what a connect to a port (or protocol) the
@@ -320,6 +369,8 @@ func unknownVerdict(u *UnknownPorts, what string) string {
 		return "refused at once (ECONNREFUSED): " + what
 	case u.OverCapacity:
 		return "left untranslated: " + what + "; a frontend of the address is over map capacity, and socklb refuses none of its ports then"
+	case u.NoClusterIP:
+		return "left untranslated: " + what + "; the address has no ClusterIP frontend of its own (other Services' external addresses claim its ports)"
 	}
 	return "left untranslated for now: " + what + "; the kernel does not hold the address (a sync is pending or failed)"
 }
@@ -334,6 +385,8 @@ func verdict(r Report, ex lb.Explanation) string {
 			switch {
 			case f.OverCapacity && f.KeptOlderVersion:
 				parts = append(parts, f.Frontend+": over map capacity; the kernel keeps an older version")
+			case f.OverCapacity && r.UnknownPorts != nil && r.UnknownPorts.Refused:
+				parts = append(parts, f.Frontend+": over map capacity; not programmed, and the kernel holds the address as a ClusterIP: refused at once (ECONNREFUSED)")
 			case f.OverCapacity:
 				parts = append(parts, f.Frontend+": over map capacity; not programmed, so connects leave untranslated")
 			case len(f.Planned) == 0:
@@ -353,11 +406,23 @@ func verdict(r Report, ex lb.Explanation) string {
 		return strings.Join(parts, "; ")
 	}
 	if r.UnknownPorts != nil {
-		for _, p := range ex.Ports {
-			if p.Kind == lb.KindClusterIP {
-				return unknownVerdict(r.UnknownPorts, fmt.Sprintf("a ClusterIP of %s, which has no port %s", p.Name, portOf(ex.Query)))
-			}
+		var parts []string
+		for _, u := range r.Unbalanced {
+			parts = append(parts, u+": a protocol socklb does not balance, left untouched")
 		}
+		what := "a ClusterIP"
+		if i := slices.IndexFunc(ex.Ports, func(p lb.PortUse) bool { return p.Kind == lb.KindClusterIP }); i >= 0 {
+			what += " of " + ex.Ports[i].Name.String()
+		}
+		port := portOf(ex.Query)
+		if ex.Query.Proto == 0 && len(r.Unbalanced) > 0 {
+			port = strconv.Itoa(int(ex.Query.Port)) + "/TCP or /UDP"
+		}
+		parts = append(parts, unknownVerdict(r.UnknownPorts, what+", which has no port "+port))
+		return strings.Join(parts, "; ")
+	}
+	if len(r.Unbalanced) > 0 {
+		return strings.Join(r.Unbalanced, ", ") + ": a protocol socklb does not balance, left untouched"
 	}
 	if len(ex.Ports) > 0 {
 		return "not a Service frontend at this port (the address is a Service's external address): socklb leaves it untouched"

@@ -240,3 +240,114 @@ func TestExplainUnknownPorts(t *testing.T) {
 		t.Errorf("an unknown address has unknown ports %+v", r.UnknownPorts)
 	}
 }
+
+// svcAt is a Service without endpoints: a ClusterIP (clusterIP set) or
+// one with external IPs, created at the second given (older wins a
+// frontend both claim).
+func svcAt(name, clusterIP string, externalIPs []string, created int64, ports ...corev1.ServicePort) *corev1.Service {
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, CreationTimestamp: metav1.Unix(created, 0)},
+		Spec:       corev1.ServiceSpec{ClusterIP: clusterIP, ExternalIPs: externalIPs, Ports: ports},
+	}
+	if clusterIP != "" {
+		s.Spec.ClusterIPs = []string{clusterIP}
+	}
+	return s
+}
+
+func tcp(port int32) corev1.ServicePort {
+	return corev1.ServicePort{Name: "p" + string(rune('a'+port%26)), Protocol: corev1.ProtocolTCP, Port: port}
+}
+
+// What the kernel does at addresses shared with external IPs, with a
+// protocol socklb does not balance, and after the plan dropped a Service
+// the kernel still holds: the verdict follows the kernel, and a
+// difference with the plan is said only where there is one.
+func TestExplainAgainstTheKernel(t *testing.T) {
+	vip := netip.MustParseAddr("10.96.0.5")
+	ask := func(t *testing.T, n Node, q string) Report {
+		t.Helper()
+		qq, err := ParseQuery(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Explain(n, qq, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	t.Run("an external IP over capacity at a ClusterIP's address", func(t *testing.T) {
+		in := objects()
+		in.Services = append(in.Services, svcAt("ext", "10.96.0.9", []string{"10.96.0.5"}, 100, tcp(443)))
+		n, f := node(t, in)
+		if err := f.DeleteService(maps.Frontend{Addr: vip, Port: 443, Proto: maps.ProtoTCP}); err != nil {
+			t.Fatal(err)
+		}
+		n.Facts = func() lb.Facts {
+			return lb.Facts{OverCapacity: map[lb.Frontend]bool{{Addr: vip, Port: 443, Proto: lb.TCP}: false}}
+		}
+		if r := ask(t, n, "10.96.0.5:81/tcp"); !strings.HasPrefix(r.Verdict, "refused at once") || r.UnknownPorts.Differs != "" {
+			t.Errorf("an unknown port: %q, %+v; want refused, as planned (the blocked frontend is not a ClusterIP one)", r.Verdict, r.UnknownPorts)
+		}
+		if r := ask(t, n, "10.96.0.5:443/tcp"); !strings.Contains(r.Verdict, "not programmed, and the kernel holds the address as a ClusterIP: refused at once") {
+			t.Errorf("the external IP's port over capacity: %q; want refused (the kernel refuses it as an unknown port)", r.Verdict)
+		}
+	})
+	t.Run("an older Service's external IP takes a ClusterIP's only port", func(t *testing.T) {
+		in := lb.Input{Services: []*corev1.Service{
+			svcAt("old", "10.96.0.9", []string{"10.96.0.7"}, 100, tcp(80)),
+			svcAt("new", "10.96.0.7", nil, 200, tcp(80)),
+		}}
+		n, _ := node(t, in)
+		r := ask(t, n, "10.96.0.7:81/tcp")
+		if r.UnknownPorts != nil || !strings.Contains(r.Verdict, "leaves it untouched") {
+			t.Errorf("%q, %+v; want untouched, no difference (the plan keeps the address out of the cluster IP map)", r.Verdict, r.UnknownPorts)
+		}
+		if r := ask(t, n, "10.96.0.7:80"); strings.Contains(r.Verdict, "UDP") {
+			t.Errorf("%q: says something of UDP at an address the kernel does not refuse", r.Verdict)
+		}
+	})
+	t.Run("an external frontend at a ClusterIP's address, both protocols asked", func(t *testing.T) {
+		in := lb.Input{Services: []*corev1.Service{
+			svcAt("old", "10.96.0.9", []string{"10.96.0.7"}, 100, tcp(80)),
+			svcAt("new", "10.96.0.7", nil, 200, tcp(80), tcp(90)),
+		}}
+		n, _ := node(t, in)
+		if r := ask(t, n, "10.96.0.7:80"); !strings.Contains(r.Verdict, "80/UDP: refused at once") {
+			t.Errorf("%q; want UDP refused (the address is a published ClusterIP)", r.Verdict)
+		}
+	})
+	t.Run("SCTP", func(t *testing.T) {
+		in := lb.Input{Services: []*corev1.Service{svcAt("mixed", "10.96.0.7", nil, 100, tcp(80),
+			corev1.ServicePort{Name: "s", Protocol: corev1.ProtocolSCTP, Port: 9000})}}
+		n, _ := node(t, in)
+		r := ask(t, n, "10.96.0.7:9000")
+		if !strings.Contains(r.Verdict, "default/mixed port 9000/SCTP: a protocol socklb does not balance, left untouched") ||
+			!strings.Contains(r.Verdict, "refused at once (ECONNREFUSED): a ClusterIP of default/mixed, which has no port 9000/TCP or /UDP") {
+			t.Errorf("%q; want SCTP untouched, TCP and UDP refused", r.Verdict)
+		}
+		in = lb.Input{Services: []*corev1.Service{svcAt("sctp", "10.96.0.8", nil, 100,
+			corev1.ServicePort{Name: "s", Protocol: corev1.ProtocolSCTP, Port: 9000})}}
+		n, _ = node(t, in)
+		if r := ask(t, n, "10.96.0.8:9000"); r.Verdict != "default/sctp port 9000/SCTP: a protocol socklb does not balance, left untouched" {
+			t.Errorf("an SCTP-only Service: %q", r.Verdict)
+		}
+	})
+	t.Run("a Service the plan dropped and the kernel still holds", func(t *testing.T) {
+		n, _ := node(t, objects())
+		n.Input = func() (lb.Input, bool) { return lb.Input{}, true }
+		r := ask(t, n, "10.96.0.5:80")
+		if len(r.KernelOnly) != 1 || !strings.HasPrefix(r.Verdict, "the kernel still balances 10.96.0.5:80/TCP") ||
+			r.UnknownPorts == nil || !strings.Contains(r.UnknownPorts.Differs, "the plan has no ClusterIP frontend there") {
+			t.Errorf("%q, kernel only %v, unknown ports %+v; want the stale frontend and the stale cluster IP said", r.Verdict, r.KernelOnly, r.UnknownPorts)
+		}
+		var buf bytes.Buffer
+		if err := Render(&buf, r, n.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(buf.String(), "KERNEL DIFFERS FROM THE PLAN") != 2 {
+			t.Errorf("rendered:\n%s\nwant two loud lines", buf.String())
+		}
+	})
+}
