@@ -18,6 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/socklb/socklb/internal/testlog"
 )
 
 func pod(ns, name, uid string, labels, annotations map[string]string) *corev1.Pod {
@@ -345,9 +347,7 @@ func TestKeeperWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.find.self = 7
-	k.find.cookieOf = func(pid int) (uint64, error) { return 22, nil }
-	k.find.linkOf = pidLink
+	oneNamespace(k, 22)
 	next, err := k.round()
 	if err != nil {
 		t.Fatal(err)
@@ -410,7 +410,7 @@ func TestKeeperBacksOff(t *testing.T) {
 	root := tree(t, map[string][]string{"kubepods/pod" + uidB + "/ctr": {"200"}})
 	pods := []*corev1.Pod{pod("a", "b", uidB, nil, map[string]string{Annotation: "true"}),
 		pod("a", "waits", uidA, nil, map[string]string{Annotation: "true"})}
-	var logs syncBuilder
+	var logs testlog.Buffer
 	k, err := New(Options{CgroupRoot: root, Table: failingTable{},
 		Pods:      func() []*corev1.Pod { return pods },
 		Namespace: func(string) (map[string]string, bool) { return map[string]string{}, true },
@@ -420,9 +420,7 @@ func TestKeeperBacksOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k.find.self = 7
-	k.find.cookieOf = func(pid int) (uint64, error) { return 22, nil }
-	k.find.linkOf = pidLink
+	oneNamespace(k, 22)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	if err := k.Run(ctx); err != nil {
@@ -441,24 +439,6 @@ type failingTable struct{}
 func (failingTable) Cookies() ([]uint64, error) { return nil, nil }
 func (failingTable) Put(uint64) error           { return errors.New("map full") }
 func (failingTable) Delete(uint64) error        { return nil }
-
-// syncBuilder is a strings.Builder safe for a logger on another goroutine.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // pidLink stands for the nsfs links of fake processes: one namespace
 // per process, so every one is read.
@@ -515,4 +495,12 @@ func TestNetnsOfNested(t *testing.T) {
 	if _, err := f.netnsOf(filepath.Join(t.TempDir(), "gone")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("netnsOf of a removed cgroup: %v, want fs.ErrNotExist", err)
 	}
+}
+
+// oneNamespace makes every process k finds (but none of the agent's, 7)
+// be in the namespace of cookie c.
+func oneNamespace(k *Keeper, c uint64) {
+	k.find.self = 7
+	k.find.cookieOf = func(int) (uint64, error) { return c, nil }
+	k.find.linkOf = pidLink
 }

@@ -189,15 +189,7 @@ func TestExplainUnknownPorts(t *testing.T) {
 	vip := netip.MustParseAddr("10.96.0.5")
 	ask := func(q string) Report {
 		t.Helper()
-		qq, err := ParseQuery(q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := Explain(n, qq, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
+		return ask(t, n, q)
 	}
 	// Without a protocol: TCP balanced, UDP refused (no such port).
 	r := ask("10.96.0.5:80")
@@ -265,18 +257,6 @@ func tcp(port int32) corev1.ServicePort {
 // difference with the plan is said only where there is one.
 func TestExplainAgainstTheKernel(t *testing.T) {
 	vip := netip.MustParseAddr("10.96.0.5")
-	ask := func(t *testing.T, n Node, q string) Report {
-		t.Helper()
-		qq, err := ParseQuery(q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := Explain(n, qq, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
 	t.Run("an external IP over capacity at a ClusterIP's address", func(t *testing.T) {
 		in := objects()
 		in.Services = append(in.Services, svcAt("ext", "10.96.0.9", []string{"10.96.0.5"}, 100, tcp(443)))
@@ -350,4 +330,18 @@ func TestExplainAgainstTheKernel(t *testing.T) {
 			t.Errorf("rendered:\n%s\nwant two loud lines", buf.String())
 		}
 	})
+}
+
+// ask explains q on n, for no client.
+func ask(t *testing.T, n Node, q string) Report {
+	t.Helper()
+	qq, err := ParseQuery(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Explain(n, qq, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
