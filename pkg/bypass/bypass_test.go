@@ -185,7 +185,7 @@ func TestKeeperRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	k.find.self = 7
-	k.find.linkOf = pidLink
+	k.find.linkOf, k.find.startOf = pidLink, pidOrder
 	k.find.cookieOf = func(pid int) (uint64, error) {
 		switch pid {
 		case 100:
@@ -252,7 +252,7 @@ func TestKeeperCannotSee(t *testing.T) {
 		denied + "/pause":              {"300"}, // pause as 65535: EACCES without CAP_SYS_PTRACE
 		"kubepods/pod" + uidC + "/ctr": {},
 	})
-	f := &finder{root: root, self: 7, linkOf: pidLink, cookieOf: func(pid int) (uint64, error) {
+	f := &finder{root: root, self: 7, linkOf: pidLink, startOf: pidOrder, cookieOf: func(pid int) (uint64, error) {
 		return 0, fmt.Errorf("open netns /proc/%d/ns/net: %w", pid, syscall.EACCES)
 	}}
 	for _, tt := range []struct{ dir, want string }{
@@ -446,14 +446,18 @@ func pidLink(pid int) (string, error) { return fmt.Sprintf("net:[%d]", pid), nil
 
 // A container with network namespaces of its own (unshare -n; Docker in
 // Docker, whose inner containers nest cgroups) does not make its
-// namespace the pod's, whatever order the cgroups are listed in: each
-// container votes for its oldest namespace (lowest cookie), the most
-// voted wins, on a tie the oldest.
+// namespace the pod's, whatever order the cgroups are listed in and
+// whatever the cookies' order (the kernel hands them out in batches per
+// CPU, so a newer namespace may have a lower one): each container votes
+// for its first process's namespace, the most voted wins, on a tie the
+// one whose voter started first.
 func TestNetnsOfNested(t *testing.T) {
 	pod := "kubepods/pod" + uidA
-	cookies := map[int]uint64{10: 100, 11: 100, 20: 100, 30: 300, 31: 300, 32: 301, 40: 7}
+	// PIDs stand for start order (pidOrder); the pod's namespace has the
+	// highest cookie.
+	cookies := map[int]uint64{10: 900, 11: 900, 20: 900, 30: 300, 31: 300, 32: 301, 40: 7}
 	reads := 0
-	f := &finder{self: 7, cookieOf: func(pid int) (uint64, error) {
+	f := &finder{self: 7, startOf: pidOrder, cookieOf: func(pid int) (uint64, error) {
 		reads++
 		if c, ok := cookies[pid]; ok {
 			return c, nil
@@ -472,14 +476,16 @@ func TestNetnsOfNested(t *testing.T) {
 		reads int
 	}{
 		{"a container in a namespace of its own, listed first", map[string][]string{
-			pod + "/0aaa-nested": {"30"}, pod + "/fff-pause": {"10"}}, 100, 2},
+			pod + "/0aaa-nested": {"30"}, pod + "/fff-pause": {"10"}}, 900, 2},
 		{"Docker in Docker: inner cgroups in other namespaces", map[string][]string{
 			pod + "/0aaa-dind":                          {"20"},
 			pod + "/0aaa-dind/inner/init.scope":         {"30"},
 			pod + "/0aaa-dind/inner/kubelet.service":    {"31"},
 			pod + "/0aaa-dind/inner/containerd.service": {"32"},
 			pod + "/0aaa-dind/other/init.scope":         {"32"},
-			pod + "/fff-pause":                          {"10", "11"}}, 100, 3},
+			pod + "/fff-pause":                          {"10", "11"}}, 900, 3},
+		{"two containers of their own against the sandbox and one", map[string][]string{
+			pod + "/0aaa": {"30"}, pod + "/0bbb": {"32"}, pod + "/fff-pause": {"10"}, pod + "/ccc": {"20"}}, 900, 3},
 		{"a node process in the pod's cgroup is never taken", map[string][]string{
 			pod + "/0aaa": {"40"}, pod + "/fff-pause": {"30"}}, 300, 2},
 	} {
@@ -495,6 +501,12 @@ func TestNetnsOfNested(t *testing.T) {
 	if _, err := f.netnsOf(filepath.Join(t.TempDir(), "gone")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("netnsOf of a removed cgroup: %v, want fs.ErrNotExist", err)
 	}
+	if st, ok := startTime(os.Getpid()); !ok || st == 0 {
+		t.Errorf("startTime of this process = %d, %v", st, ok)
+	}
+	if _, ok := startTime(-1); ok {
+		t.Error("startTime of no process succeeded")
+	}
 }
 
 // oneNamespace makes every process k finds (but none of the agent's, 7)
@@ -502,5 +514,8 @@ func TestNetnsOfNested(t *testing.T) {
 func oneNamespace(k *Keeper, c uint64) {
 	k.find.self = 7
 	k.find.cookieOf = func(int) (uint64, error) { return c, nil }
-	k.find.linkOf = pidLink
+	k.find.linkOf, k.find.startOf = pidLink, pidOrder
 }
+
+// pidOrder stands for the start times of fake processes: in PID order.
+func pidOrder(pid int) (uint64, bool) { return uint64(pid), true }

@@ -33,9 +33,11 @@ type finder struct {
 	// namespace; 0 when it cannot be read.
 	init uint64
 	// cookieOf reads the cookie of /proc/PID/ns/net, linkOf what the
-	// link reads ("net:[inode]"); a test replaces them.
+	// link reads ("net:[inode]"), startOf when the process started; a
+	// test replaces them.
 	cookieOf func(pid int) (uint64, error)
 	linkOf   func(pid int) (string, error)
+	startOf  func(pid int) (uint64, bool)
 }
 
 func newFinder(root string) (*finder, error) {
@@ -47,6 +49,7 @@ func newFinder(root string) (*finder, error) {
 	return &finder{root: root, self: self, init: init,
 		cookieOf: func(pid int) (uint64, error) { return netnsid.Cookie(nsPath(pid)) },
 		linkOf:   func(pid int) (string, error) { return os.Readlink(nsPath(pid)) },
+		startOf:  startTime,
 	}, nil
 }
 
@@ -132,22 +135,28 @@ const maxContainerDepth = 8
 // it enters the pod's namespaces. A container may run processes in
 // namespaces of its own (unshare -n; Docker in Docker, whose inner
 // containers nest cgroups below it), so each container (each cgroup
-// directly below the pod's) votes for the oldest namespace among its
-// processes, the lowest cookie (cookies are handed out in the order the
-// namespaces are made), and the pod's is the one most containers vote
-// for, on a tie the oldest: the sandbox's and that of every container
-// that did not leave it, made before any container's own. When no
-// process gives a cookie because the agent may not see them (no hostPID:
-// cgroup.procs lists them as 0) or may not open their /proc/PID/ns/net
-// (another user's process, e.g. the sandbox's pause as 65535, or one
-// holding capabilities the agent lacks, needs CAP_SYS_PTRACE), it
-// returns errCannotSee: else the pod would wait forever, polled, for a
-// namespace the agent can never read. A pod cgroup that is gone is an
-// error wrapping fs.ErrNotExist.
+// directly below the pod's) votes for the namespace of its first process
+// (the earliest started: the container's init, before anything it
+// starts), and the pod's is the one most containers vote for, on a tie
+// the one whose voter started first: the sandbox's pause starts before
+// any container. (Cookies say nothing of age: the kernel hands them out
+// in batches per CPU.) When no process gives a cookie because the agent
+// may not see them (no hostPID: cgroup.procs lists them as 0) or may not
+// open their /proc/PID/ns/net (another user's process, e.g. the
+// sandbox's pause as 65535, or one holding capabilities the agent lacks,
+// needs CAP_SYS_PTRACE), it returns errCannotSee: else the pod would wait
+// forever, polled, for a namespace the agent can never read. A pod cgroup
+// that is gone is an error wrapping fs.ErrNotExist.
 func (f *finder) netnsOf(dir string) (uint64, error) {
 	dir = filepath.Clean(dir)
 	base := strings.Count(dir, string(filepath.Separator))
-	votes := map[string]uint64{} // container cgroup → the oldest namespace in it
+	type voter struct {
+		cookie uint64
+		start  uint64 // clock ticks since boot
+		pid    int
+	}
+	earlier := func(a, b voter) bool { return a.start < b.start || (a.start == b.start && a.pid < b.pid) }
+	votes := map[string]voter{}  // container cgroup → its first process's namespace
 	known := map[string]uint64{} // namespace link ("net:[inode]") → cookie, read once per walk
 	hidden, denied := 0, 0
 	var deniedErr error
@@ -186,8 +195,12 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 			if err != nil || c == f.self || c == f.init || c == 0 {
 				continue // gone, or not in the pod's namespace yet
 			}
-			if v, ok := votes[container]; !ok || c < v {
-				votes[container] = c
+			start, ok := f.startOf(pid)
+			if !ok {
+				continue // gone
+			}
+			if v, ok := votes[container]; !ok || earlier(voter{c, start, pid}, v) {
+				votes[container] = voter{c, start, pid}
 			}
 		}
 		return nil
@@ -196,12 +209,16 @@ func (f *finder) netnsOf(dir string) (uint64, error) {
 		return 0, fmt.Errorf("look for the processes of %s: %w", dir, err)
 	}
 	count := map[uint64]int{}
-	for _, c := range votes {
-		count[c]++
+	first := map[uint64]voter{} // the earliest voter for each namespace
+	for _, v := range votes {
+		count[v.cookie]++
+		if f, ok := first[v.cookie]; !ok || earlier(v, f) {
+			first[v.cookie] = v
+		}
 	}
 	var best uint64
 	for c, n := range count {
-		if best == 0 || n > count[best] || (n == count[best] && c < best) {
+		if best == 0 || n > count[best] || (n == count[best] && earlier(first[c], first[best])) {
 			best = c
 		}
 	}
@@ -235,6 +252,27 @@ func (f *finder) cookieOfPID(pid int, known map[string]uint64) (uint64, error) {
 	}
 	known[link] = c
 	return c, nil
+}
+
+// startTime reads when a process started, in clock ticks since boot
+// (field 22 of /proc/PID/stat); false when it is gone.
+func startTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name (field 2) is in parentheses and may hold spaces
+	// and parentheses: the fields after it follow the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 { // fields 3 to 22
+		return 0, false
+	}
+	v, err := strconv.ParseUint(fields[19], 10, 64)
+	return v, err == nil
 }
 
 // readPIDs reads a cgroup.procs file: the PIDs, and how many processes
