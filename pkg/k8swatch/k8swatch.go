@@ -1,5 +1,6 @@
 // Package k8swatch is socklb's Kubernetes source: shared informers on
-// Services, EndpointSlices and this node's Node. Its event handlers only
+// Services, EndpointSlices and this node's Node, whose caches keep only
+// what the model reads (slimObject). Its event handlers only
 // note that something changed and poke the syncer; the syncer reads the
 // informers' caches as one input, and only after every informer has synced,
 // so a restarted agent never programs a partial view. PodSource watches
@@ -79,6 +80,9 @@ func New(opts Options) (*Source, error) {
 	s := &Source{opts: opts, log: opts.Logger}
 	handler := changeHandler(opts.OnChange)
 	watch := func(inf cache.SharedIndexInformer) error {
+		if err := inf.SetTransform(slimObject); err != nil {
+			return fmt.Errorf("k8swatch: set transform: %w", err)
+		}
 		reg, err := inf.AddEventHandler(handler)
 		if err != nil {
 			return fmt.Errorf("k8swatch: add event handler: %w", err)
