@@ -140,7 +140,11 @@ const maxContainerDepth = 8
 // starts), and the pod's is the one most containers vote for, on a tie
 // the one whose voter started first: the sandbox's pause starts before
 // any container. (Cookies say nothing of age: the kernel hands them out
-// in batches per CPU.) When no process gives a cookie because the agent
+// in batches per CPU.) A process moved into a pod's cgroup from outside
+// would count as its container's first, being older: runtimes start a
+// pod's processes inside it, and the node's own namespace is never taken
+// (self, init), so on a node only a process moved in from another pod's
+// namespace could outvote the sandbox. When no process gives a cookie because the agent
 // may not see them (no hostPID: cgroup.procs lists them as 0) or may not
 // open their /proc/PID/ns/net (another user's process, e.g. the
 // sandbox's pause as 65535, or one holding capabilities the agent lacks,

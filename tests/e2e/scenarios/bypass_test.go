@@ -30,6 +30,7 @@ import (
 // (where socklb sends a connect it rewrites).
 type clientPod struct {
 	name  string
+	node  *node
 	uid   types.UID
 	netns *sandbox.Netns
 	cg    *sandbox.Cgroup
@@ -47,7 +48,7 @@ func (e *env) clientPod(t *testing.T, n *node, ns, name string, labels, annotati
 	if err != nil {
 		t.Fatalf("create pod %s/%s: %v", ns, name, err)
 	}
-	p := &clientPod{name: name, uid: pod.UID, netns: sandbox.NewNetns(t)}
+	p := &clientPod{name: name, node: n, uid: pod.UID, netns: sandbox.NewNetns(t)}
 	vipAddr, _, _ := strings.Cut(vip, ":")
 	backendAddr, backendPort, _ := strings.Cut(backend, ":")
 	port, _ := strconv.Atoi(backendPort)
@@ -81,11 +82,15 @@ func (e *env) clientPod(t *testing.T, n *node, ns, name string, labels, annotati
 	return p
 }
 
-// ask connects to addr from the pod: a socket of its cgroup and namespace.
+// ask connects to addr from the pod's network namespace, in a socket
+// of the node's cgroup: the programs are attached there and the bypass
+// goes by namespace, not cgroup. The test process never enters the pod's
+// cgroup: the agent would count it among the pod's processes, the
+// earliest started, and take its namespace (the test's) for the pod's.
 func (p *clientPod) ask(t *testing.T, addr string) string {
 	t.Helper()
 	var got string
-	inCgroup(t, p.cg, func() {
+	within(t, p.node, func() {
 		answer, err := testagent.Ask(p.netns, "tcp4", addr)
 		if err != nil {
 			answer = "error: " + err.Error()
