@@ -144,11 +144,11 @@ const maxContainerDepth = 8
 // would count as its container's first, being older: runtimes start a
 // pod's processes inside it, and the node's own namespace is never taken
 // (self, init), so on a node only a process moved in from another pod's
-// namespace could outvote the sandbox. When no process gives a cookie because the agent
-// may not see them (no hostPID: cgroup.procs lists them as 0) or may not
-// open their /proc/PID/ns/net (another user's process, e.g. the
-// sandbox's pause as 65535, or one holding capabilities the agent lacks,
-// needs CAP_SYS_PTRACE), it returns errCannotSee: else the pod would wait
+// namespace could outvote the sandbox. When no process gives a cookie
+// because the agent may not see them (no hostPID: cgroup.procs lists
+// them as 0) or may not open their /proc/PID/ns/net (another user's
+// process, e.g. the sandbox's pause as 65535, or one holding capabilities
+// the agent lacks, needs CAP_SYS_PTRACE), it returns errCannotSee: else the pod would wait
 // forever, polled, for a namespace the agent can never read. A pod cgroup
 // that is gone is an error wrapping fs.ErrNotExist.
 func (f *finder) netnsOf(dir string) (uint64, error) {
