@@ -1,9 +1,10 @@
 // Package k8swatch is socklb's Kubernetes source: shared informers on
 // Services, EndpointSlices and this node's Node, whose caches keep only
-// what the model reads (slimObject). Its event handlers only
-// note that something changed and poke the syncer; the syncer reads the
-// informers' caches as one input, and only after every informer has synced,
-// so a restarted agent never programs a partial view. PodSource watches
+// what the model reads (slimObject). Its event handlers only note which
+// Services changed and poke the syncer; the syncer reads the changed
+// Services' objects from the informers' caches (all of them at a full
+// resync), and only after every informer has synced, so a restarted agent
+// never programs a partial view. PodSource watches
 // this node's Pods and the Namespaces, which the bypass reads.
 package k8swatch
 
@@ -15,10 +16,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -57,7 +61,9 @@ type Source struct {
 	factories []informers.SharedInformerFactory
 	services  corelisters.ServiceLister
 	slices    discoverylisters.EndpointSliceLister
+	byService cache.Indexer // the slice cache, indexed by Service
 	nodes     corelisters.NodeLister
+	changes   changes
 	synced    []cache.InformerSynced
 	ready     atomic.Bool
 }
@@ -78,8 +84,7 @@ func New(opts Options) (*Source, error) {
 		return nil, err
 	}
 	s := &Source{opts: opts, log: opts.Logger}
-	handler := changeHandler(opts.OnChange)
-	watch := func(inf cache.SharedIndexInformer) error {
+	watch := func(inf cache.SharedIndexInformer, handler cache.ResourceEventHandler) error {
 		if err := inf.SetTransform(slimObject); err != nil {
 			return fmt.Errorf("k8swatch: set transform: %w", err)
 		}
@@ -95,14 +100,18 @@ func New(opts Options) (*Source, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = svcSelector }))
 	svcInformer := svcFactory.Core().V1().Services()
 	s.services = svcInformer.Lister()
-	if err := watch(svcInformer.Informer()); err != nil {
+	if err := watch(svcInformer.Informer(), serviceHandler(&s.changes, opts.OnChange)); err != nil {
 		return nil, err
 	}
 
 	sliceFactory := informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.Resync)
 	sliceInformer := sliceFactory.Discovery().V1().EndpointSlices()
 	s.slices = sliceInformer.Lister()
-	if err := watch(sliceInformer.Informer()); err != nil {
+	if err := sliceInformer.Informer().AddIndexers(cache.Indexers{indexByService: sliceService}); err != nil {
+		return nil, fmt.Errorf("k8swatch: add index: %w", err)
+	}
+	s.byService = sliceInformer.Informer().GetIndexer()
+	if err := watch(sliceInformer.Informer(), sliceHandler(&s.changes, opts.OnChange)); err != nil {
 		return nil, err
 	}
 	s.factories = append(s.factories, svcFactory, sliceFactory)
@@ -114,7 +123,9 @@ func New(opts Options) (*Source, error) {
 			}))
 		nodeInformer := nodeFactory.Core().V1().Nodes()
 		s.nodes = nodeInformer.Lister()
-		if err := watch(nodeInformer.Informer()); err != nil {
+		// The node's zone is in every sync's settings: its handler
+		// records no key.
+		if err := watch(nodeInformer.Informer(), changeHandler(opts.OnChange)); err != nil {
 			return nil, err
 		}
 		s.factories = append(s.factories, nodeFactory)
@@ -172,12 +183,16 @@ func serve(ctx context.Context, factories []informers.SharedInformerFactory, syn
 	<-ctx.Done()
 }
 
-// changeHandler calls onChange for every add, update and delete: the
-// handlers only note that something changed.
+// changeHandler calls onChange for every add, update and delete but the
+// informer's resyncs.
 func changeHandler(onChange func()) cache.ResourceEventHandlerFuncs {
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { onChange() },
-		UpdateFunc: func(any, any) { onChange() },
+		AddFunc: func(any) { onChange() },
+		UpdateFunc: func(old, obj any) {
+			if old != obj {
+				onChange()
+			}
+		},
 		DeleteFunc: func(any) { onChange() },
 	}
 }
@@ -202,6 +217,37 @@ func (s *Source) Input() lb.Input {
 	in.Node = s.node()
 	return in
 }
+
+// Changed returns the Services whose Service or EndpointSlices changed
+// since the last call, and forgets them; all is true when the handlers
+// lost count (see maxPending), and then keys is empty.
+func (s *Source) Changed() (keys []types.NamespacedName, all bool) {
+	return s.changes.take()
+}
+
+// Objects returns the cached Service of key, if any, and the cached
+// EndpointSlices labelled for it. Like Input's, they are shared with the
+// informers.
+func (s *Source) Objects(key types.NamespacedName) ([]*corev1.Service, []*discoveryv1.EndpointSlice) {
+	var svcs []*corev1.Service
+	if svc, err := s.services.Services(key.Namespace).Get(key.Name); err == nil {
+		svcs = []*corev1.Service{svc}
+	}
+	objs, err := s.byService.ByIndex(indexByService, key.Namespace+"/"+key.Name)
+	if err != nil {
+		s.log.Error("look up endpointslices in cache", "service", key.String(), "error", err)
+	}
+	var slices []*discoveryv1.EndpointSlice
+	for _, o := range objs {
+		if sl, ok := o.(*discoveryv1.EndpointSlice); ok {
+			slices = append(slices, sl)
+		}
+	}
+	return svcs, slices
+}
+
+// Node returns what the source knows of this node.
+func (s *Source) Node() lb.NodeInfo { return s.node() }
 
 func (s *Source) node() lb.NodeInfo {
 	info := lb.NodeInfo{Name: s.opts.NodeName}

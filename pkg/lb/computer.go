@@ -24,6 +24,11 @@ import (
 // the previous call; everything is recomputed when the node or the selector
 // differs.
 //
+// A source that tracks what changed (the Kubernetes source) uses
+// ComputeChanged instead, which is handed the changed Services' keys and
+// looks at nothing else; Changed then tells the reconciler which
+// frontends to look at.
+//
 // The State it returns is valid until the next call: the Computer edits
 // its Services list in place. What the list holds, backend lists included,
 // is never modified, so a copied lb.Service stays valid. Callers must not
@@ -46,8 +51,11 @@ type Computer struct {
 	// claims holds every claim on each frontend, from all entries; after
 	// a call each group is sorted (compareClaim) and its first one won.
 	claims map[Frontend][]claim
-	// touched are the frontends whose claims changed in this call.
-	touched []Frontend
+	// touched are the frontends whose claims changed in this call;
+	// changed is the list Changed returns, changedAll its all.
+	touched    []Frontend
+	changed    []Frontend
+	changedAll bool
 	// duplicates are the warnings of contested frontends.
 	duplicates map[Frontend]warnings
 	// warned are the entries with warnings of their own.
@@ -97,21 +105,78 @@ func (c *Computer) Compute(in Input) (State, []Warning) {
 	node := NodeInfo{Name: in.Node.Name, Zone: in.Node.Zone}
 	// Every Service reads the node, and the selector decides which
 	// Services count; a change of either is rare enough to redo all.
-	// DeepEqual because a Selector need not be comparable with ==.
-	if !c.primed || node.Name != c.node.Name || node.Zone != c.node.Zone ||
-		!slices.Equal(nodeAddrs, c.nodeAddrs) || !reflect.DeepEqual(in.ServiceSelector, c.selector) ||
-		in.Defaults != c.defaults {
+	if !c.sameSettings(node, nodeAddrs, in) {
 		c.reset(node, nodeAddrs, in.ServiceSelector)
 		c.defaults = in.Defaults
 	}
 	c.gen++
 	c.scanServices(in.Services)
 	c.scanSlices(in.EndpointSlices)
+	return c.finish()
+}
+
+// ObjectsOf returns the objects now in the cache for one Service key: the
+// Service of that namespace/name (at most one, as in an informer's cache)
+// and the EndpointSlices labelled for it.
+type ObjectsOf func(key types.NamespacedName) ([]*corev1.Service, []*discoveryv1.EndpointSlice)
+
+// ComputeChanged is Compute for a source that tracks its changes: in
+// carries the node, the selector and the defaults but no objects, keys are
+// the Services whose Service or EndpointSlices changed since the previous
+// call (those that a slice left as well as those it joined), and objects
+// returns the current ones of a key. It returns what Compute would return
+// for the source's whole content, at a cost that depends on the keys, not
+// on the number of Services. It returns false, having done nothing, when
+// it cannot: before a first Compute, or when the node, the selector or the
+// defaults changed; the caller then calls Compute with every object.
+func (c *Computer) ComputeChanged(in Input, keys []types.NamespacedName, objects ObjectsOf) (State, []Warning, bool) {
+	nodeAddrs := nodePortAddrs(in.Node.Addresses)
+	node := NodeInfo{Name: in.Node.Name, Zone: in.Node.Zone}
+	if !c.sameSettings(node, nodeAddrs, in) {
+		return State{}, nil, false
+	}
+	c.gen++
+	for _, key := range keys {
+		svcs, slices := objects(key)
+		c.updateServices(key, svcs)
+		c.updateSlices(key, slices)
+	}
+	st, w := c.finish()
+	return st, w, true
+}
+
+// Changed returns the frontends whose Service in the State of the last
+// call may differ from the previous call's (added, removed or changed);
+// the Services of all others are the same values. all is true when there
+// is no previous call to compare with (the first call, after Reset or a
+// change of the node) or when too many changed to be worth listing.
+// The list is valid until the next call.
+func (c *Computer) Changed() (frontends []Frontend, all bool) {
+	return c.changed, c.changedAll
+}
+
+// maxChanged bounds the list Changed returns: past it a caller is better
+// off comparing every frontend.
+const maxChanged = 4096
+
+// sameSettings reports whether what every Service reads is as in the
+// previous call. DeepEqual because a Selector need not be comparable with ==.
+func (c *Computer) sameSettings(node NodeInfo, nodeAddrs []netip.Addr, in Input) bool {
+	return c.primed && node.Name == c.node.Name && node.Zone == c.node.Zone &&
+		slices.Equal(nodeAddrs, c.nodeAddrs) && reflect.DeepEqual(in.ServiceSelector, c.selector) &&
+		in.Defaults == c.defaults
+}
+
+// finish recomputes the entries whose objects changed and brings the
+// output up to date.
+func (c *Computer) finish() (State, []Warning) {
 	for _, e := range c.dirty {
 		c.recompute(e)
 	}
 	c.dirty = shrink(c.dirty)
+	all := c.gen == 1
 	c.resolve()
+	c.changedAll = all || c.changedAll
 	if c.warningsStale {
 		c.collectWarnings()
 	}
@@ -199,18 +264,11 @@ func (o *objects[T]) scan(list []*T, gen uint64, name func(*T) types.NamespacedN
 	if seenBefore == before {
 		return // nothing gone
 	}
-	drop := func(p *T, r *record) {
-		delete(o.records, p)
-		if n := name(p); o.byName[n] == p {
-			delete(o.byName, n)
-		}
-		remove(p, r.e)
-	}
 	// Usually every object gone was replaced by a new one of its name.
 	gone := 0
 	for _, p := range replaced {
 		if r := o.records[p]; r != nil && r.seen != gen {
-			drop(p, r)
+			o.drop(p, name(p), remove)
 			gone++
 		}
 	}
@@ -220,59 +278,141 @@ func (o *objects[T]) scan(list []*T, gen uint64, name func(*T) types.NamespacedN
 	// Some were deleted outright: look at every record.
 	for p, r := range o.records {
 		if r.seen != gen {
-			drop(p, r)
+			o.drop(p, name(p), remove)
 		}
 	}
+}
+
+// drop forgets p, named n, passing it to remove.
+func (o *objects[T]) drop(p *T, n types.NamespacedName, remove func(*T, *entry)) {
+	r := o.records[p]
+	if r == nil {
+		return
+	}
+	delete(o.records, p)
+	if o.byName[n] == p {
+		delete(o.byName, n)
+	}
+	remove(p, r.e)
+}
+
+// put records p, named n, unless it is recorded already, passing it to
+// add; the object of that name it replaces is dropped, from whichever
+// entry it counted for, as scan drops a replaced object.
+func (o *objects[T]) put(p *T, n types.NamespacedName, gen uint64,
+	add func(*T) *entry, remove func(*T, *entry)) {
+	if o.records[p] != nil {
+		return
+	}
+	if old := o.byName[n]; old != nil {
+		o.drop(old, n, remove)
+	}
+	o.byName[n] = p
+	o.records[p] = &record{e: add(p), seen: gen}
 }
 
 // scanServices finds the new and gone Services; those the selector
 // matches count for the entry of their name.
 func (c *Computer) scanServices(list []*corev1.Service) {
-	c.services.scan(list, c.gen,
-		func(s *corev1.Service) types.NamespacedName {
-			return types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
-		},
-		func(s *corev1.Service) *entry {
-			if c.selector != nil && !c.selector.Matches(labels.Set(s.Labels)) {
-				return nil
-			}
-			e := c.entry(types.NamespacedName{Namespace: s.Namespace, Name: s.Name})
-			e.svcs = append(e.svcs, s)
-			c.markDirty(e)
-			return e
-		},
-		func(s *corev1.Service, e *entry) {
-			if e != nil {
-				e.svcs = removeOne(e.svcs, s)
-				c.markDirty(e)
-			}
-		})
+	c.services.scan(list, c.gen, serviceName, c.addService, c.removeService)
 }
 
 // scanSlices finds the new and gone EndpointSlices; each counts for the
 // entry of the Service its label names.
 func (c *Computer) scanSlices(list []*discoveryv1.EndpointSlice) {
-	c.slices.scan(list, c.gen,
-		func(s *discoveryv1.EndpointSlice) types.NamespacedName {
-			return types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
-		},
-		func(s *discoveryv1.EndpointSlice) *entry {
-			// As groupSlices: a slice without the label belongs to no Service.
-			name := s.Labels[discoveryv1.LabelServiceName]
-			if name == "" {
-				return nil
-			}
-			e := c.entry(types.NamespacedName{Namespace: s.Namespace, Name: name})
-			e.slices = append(e.slices, s)
-			c.markDirty(e)
-			return e
-		},
-		func(s *discoveryv1.EndpointSlice, e *entry) {
-			if e != nil {
-				e.slices = removeOne(e.slices, s)
-				c.markDirty(e)
-			}
-		})
+	c.slices.scan(list, c.gen, sliceName, c.addSlice, c.removeSlice)
+}
+
+// updateServices makes list the Services recorded under key.
+func (c *Computer) updateServices(key types.NamespacedName, list []*corev1.Service) {
+	if len(list) == 0 {
+		if old := c.services.byName[key]; old != nil {
+			c.services.drop(old, key, c.removeService)
+		}
+		return
+	}
+	for _, s := range list {
+		if serviceName(s) == key {
+			c.services.put(s, key, c.gen, c.addService, c.removeService)
+		}
+	}
+}
+
+// updateSlices makes list the EndpointSlices counted for the Service key:
+// those of list that are new are recorded (replacing the object of their
+// name wherever it counted), those counted before and not in list are
+// dropped.
+func (c *Computer) updateSlices(key types.NamespacedName, list []*discoveryv1.EndpointSlice) {
+	for _, s := range list {
+		if s != nil && s.Namespace == key.Namespace && s.Labels[discoveryv1.LabelServiceName] == key.Name {
+			c.slices.put(s, sliceName(s), c.gen, c.addSlice, c.removeSlice)
+		}
+	}
+	e := c.entries[key]
+	if e == nil || len(e.slices) == 0 {
+		return
+	}
+	in := func(s *discoveryv1.EndpointSlice) bool { return slices.Contains(list, s) }
+	if len(list)*len(e.slices) > 1024 {
+		set := make(map[*discoveryv1.EndpointSlice]bool, len(list))
+		for _, s := range list {
+			set[s] = true
+		}
+		in = func(s *discoveryv1.EndpointSlice) bool { return set[s] }
+	}
+	var gone []*discoveryv1.EndpointSlice
+	for _, s := range e.slices {
+		if !in(s) {
+			gone = append(gone, s)
+		}
+	}
+	for _, s := range gone {
+		c.slices.drop(s, sliceName(s), c.removeSlice)
+	}
+}
+
+func serviceName(s *corev1.Service) types.NamespacedName {
+	return types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+}
+
+func sliceName(s *discoveryv1.EndpointSlice) types.NamespacedName {
+	return types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+}
+
+func (c *Computer) addService(s *corev1.Service) *entry {
+	if c.selector != nil && !c.selector.Matches(labels.Set(s.Labels)) {
+		return nil
+	}
+	e := c.entry(serviceName(s))
+	e.svcs = append(e.svcs, s)
+	c.markDirty(e)
+	return e
+}
+
+func (c *Computer) removeService(s *corev1.Service, e *entry) {
+	if e != nil {
+		e.svcs = removeOne(e.svcs, s)
+		c.markDirty(e)
+	}
+}
+
+func (c *Computer) addSlice(s *discoveryv1.EndpointSlice) *entry {
+	// As groupSlices: a slice without the label belongs to no Service.
+	name := s.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return nil
+	}
+	e := c.entry(types.NamespacedName{Namespace: s.Namespace, Name: name})
+	e.slices = append(e.slices, s)
+	c.markDirty(e)
+	return e
+}
+
+func (c *Computer) removeSlice(s *discoveryv1.EndpointSlice, e *entry) {
+	if e != nil {
+		e.slices = removeOne(e.slices, s)
+		c.markDirty(e)
+	}
 }
 
 // removeOne removes p from list, which holds it once.
@@ -324,11 +464,18 @@ func (c *Computer) retract(fe Frontend, key types.NamespacedName) {
 // old one in place; frontends that appear or disappear are merged in a
 // pass into the spare buffer, which then becomes the output.
 func (c *Computer) resolve() {
+	clear(c.changed)
+	c.changed, c.changedAll = c.changed[:0], false
 	if len(c.touched) == 0 {
 		return
 	}
 	slices.SortFunc(c.touched, Frontend.Compare)
 	c.touched = slices.CompactFunc(c.touched, func(a, b Frontend) bool { return a.Compare(b) == 0 })
+	if len(c.touched) <= maxChanged {
+		c.changed = append(c.changed, c.touched...)
+	} else {
+		c.changedAll = true
+	}
 
 	edits := c.edits[:0] // frontends to add (with their winner) or remove
 	for _, fe := range c.touched {

@@ -79,6 +79,7 @@ type Reconciler struct {
 	applied, spare []appliedService
 	complete       bool
 	skipped        int // entries of applied that toMaps rejected
+	overs          int // entries of applied that had no room
 
 	nextBackend maps.BackendID
 	nextRevNAT  maps.RevNATID
@@ -325,8 +326,15 @@ type appliedService struct {
 }
 
 func (r *Reconciler) apply(desired lb.State) (Stats, error) {
-	var st Stats
 	next, changed, gone, skipped := r.diff(byFrontend(desired.Services))
+	return r.applyDiff(next, changed, gone, skipped, false)
+}
+
+// applyDiff writes what a diff found: next is the new applied list,
+// changed the indexes of its entries to write, gone the frontends to
+// remove; inPlace says that next is applied itself, edited.
+func (r *Reconciler) applyDiff(next []appliedService, changed []int, gone []maps.Frontend, skipped int, inPlace bool) (Stats, error) {
+	var st Stats
 
 	want := make([]desiredService, 0, len(changed))
 	for _, k := range changed {
@@ -387,57 +395,13 @@ func (r *Reconciler) apply(desired lb.State) (Stats, error) {
 	for _, k := range changed {
 		next[k].over = over[frontendOf(next[k].svc.Frontend)]
 	}
-	r.applied, r.spare = next, r.applied
-	r.complete, r.skipped = true, skipped
+	if !inPlace {
+		r.applied, r.spare = next, r.applied
+	}
+	r.complete, r.skipped, r.overs = true, skipped, len(p.over)
 	st.Services, st.Backends, st.Skipped, st.VIPs = len(r.services), len(r.ids), r.skipped, len(r.vips)
 	st.OverCapacity = p.over
 	return st, nil
-}
-
-// diff walks list and the last applied list side by side. Unchanged
-// entries are copied in runs; new and changed ones (and those that had no
-// room) are returned as indexes into next; frontends of applied entries
-// passed over are gone.
-func (r *Reconciler) diff(list []lb.Service) (next []appliedService, changed []int, gone []maps.Frontend, skipped int) {
-	var old []appliedService
-	if r.complete {
-		old = r.applied
-	}
-	next = r.spare[:0]
-	j, run := 0, 0 // old[run:j] are unchanged and not yet copied
-	for i := range list {
-		s := &list[i]
-		fe := frontendOf(s.Frontend)
-		c := -1
-		for j < len(old) {
-			if c = compareFrontends(frontendOf(old[j].svc.Frontend), fe); c >= 0 {
-				break
-			}
-			next = append(next, old[run:j]...)
-			gone = append(gone, frontendOf(old[j].svc.Frontend))
-			j++
-			run = j
-		}
-		if c == 0 && !old[j].over && sameService(&old[j].svc, s) {
-			if old[j].rejected {
-				skipped++
-			}
-			j++
-			continue
-		}
-		next = append(next, old[run:j]...)
-		if c == 0 {
-			j++ // replaced
-		}
-		run = j
-		changed = append(changed, len(next))
-		next = append(next, appliedService{svc: *s})
-	}
-	next = append(next, old[run:j]...)
-	for _, a := range old[j:] {
-		gone = append(gone, frontendOf(a.svc.Frontend))
-	}
-	return next, changed, gone, skipped
 }
 
 // ref and unref count the frontends that list each backend.
@@ -454,57 +418,6 @@ func (r *Reconciler) unref(ids []maps.BackendID) {
 			r.unused[id] = true
 		}
 	}
-}
-
-// sameService reports whether a and b are equal in every field. It
-// compares field by field because Backends makes lb.Service incomparable;
-// TestSameServiceSeesEveryField keeps it in step with lb.Service.
-func sameService(a, b *lb.Service) bool {
-	return a.Frontend == b.Frontend && a.Kind == b.Kind && a.Name == b.Name && a.PortName == b.PortName &&
-		a.TrafficLocal == b.TrafficLocal && a.ExternalLocal == b.ExternalLocal &&
-		a.AffinityTimeout == b.AffinityTimeout && a.Policy == b.Policy && a.OutlierDetection == b.OutlierDetection &&
-		sameBackends(a.Backends, b.Backends) && slices.Equal(a.Ejected, b.Ejected)
-}
-
-// sameBackends is slices.Equal with a shortcut for the common case: the
-// model hands out the same backend list for a frontend that did not change,
-// and Apply keeps the lists it was given (see Apply), so the contents need
-// no look.
-func sameBackends(a, b []lb.Backend) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	if len(a) == 0 || &a[0] == &b[0] {
-		return true
-	}
-	return slices.Equal(a, b)
-}
-
-// byFrontend returns list sorted by dataplane frontend, one Service per
-// frontend. The model's output already is, and is returned as it is.
-// Anything else is sorted, and of a frontend listed twice (which only broken
-// input can do) the last listing wins, as if each were written in turn.
-func byFrontend(list []lb.Service) []lb.Service {
-	sorted := true
-	for i := 1; i < len(list) && sorted; i++ {
-		sorted = compareFrontends(frontendOf(list[i-1].Frontend), frontendOf(list[i].Frontend)) < 0
-	}
-	if sorted {
-		return list
-	}
-	out := slices.Clone(list)
-	slices.SortStableFunc(out, func(a, b lb.Service) int {
-		return compareFrontends(frontendOf(a.Frontend), frontendOf(b.Frontend))
-	})
-	n := 0
-	for i := range out {
-		if i+1 < len(out) && frontendOf(out[i].Frontend) == frontendOf(out[i+1].Frontend) {
-			continue // a later listing follows
-		}
-		out[n] = out[i]
-		n++
-	}
-	return out[:n]
 }
 
 // departures lists the backends of before that are not in after.

@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/socklb/socklb/pkg/lb"
@@ -25,6 +28,24 @@ type Source interface {
 	Input() lb.Input
 	// HasSynced is true once the source holds a complete view.
 	HasSynced() bool
+}
+
+// ChangeTracker is a Source that records which Services changed (the
+// Kubernetes source, from its informers' handlers). With it a sync reads
+// and computes the changed Services alone, and the reconciler looks at
+// their frontends alone; every periodic reconciliation, and a sync after a
+// failure, still reads everything.
+type ChangeTracker interface {
+	Source
+	// Changed returns the Services whose Service or EndpointSlices
+	// changed since the last call, and forgets them; all is true when it
+	// lost count.
+	Changed() (keys []types.NamespacedName, all bool)
+	// Objects returns the current objects of one Service key, as
+	// lb.ObjectsOf.
+	Objects(key types.NamespacedName) ([]*corev1.Service, []*discoveryv1.EndpointSlice)
+	// Node is what Input would say of the node.
+	Node() lb.NodeInfo
 }
 
 // SyncerOptions tune how often the maps are written.
@@ -80,6 +101,9 @@ type Syncer struct {
 
 	lastWarnings []lb.Warning
 	lastOver     []OverCapacity
+	// adjusted is set when the Adjuster changed the last sync's state:
+	// the frontends it changed are not in the model's list of changes.
+	adjusted bool
 	// wake triggers the sync at which the Adjuster asked to be redone.
 	wake *time.Timer
 	// urgent limits the syncs that skip limiter.
@@ -214,30 +238,57 @@ func (s *Syncer) Run(ctx context.Context) error {
 }
 
 func (s *Syncer) syncOnce() error {
-	in, ok := s.Input()
-	if !ok {
-		// The source triggers again once it has synced; programming a
-		// partial view would drop live services.
-		s.log.Debug("sync deferred: a source has not synced yet")
-		return nil
+	for _, src := range s.sources {
+		if !src.HasSynced() {
+			// The source triggers again once it has synced; programming
+			// a partial view would drop live services.
+			s.log.Debug("sync deferred: a source has not synced yet")
+			return nil
+		}
 	}
-	if s.reconcileDue.Swap(false) {
+	// Take the changes before reading any object: a change recorded
+	// after this is seen again at the next sync, however it is read now.
+	keys, all := s.takeChanges()
+	settings, tracked := s.settings()
+	due := s.reconcileDue.Swap(false)
+	if due {
 		s.rec.Reconcile()
 	}
 	start := time.Now()
-	state, warnings := s.model.Compute(in)
+	var state lb.State
+	var warnings []lb.Warning
+	ok := false
+	if tracked && !all && !due {
+		state, warnings, ok = s.model.ComputeChanged(settings, keys, s.objects)
+	}
+	if !ok {
+		var in lb.Input
+		if in, ok = s.Input(); !ok {
+			return nil // as above: cannot happen once synced
+		}
+		state, warnings = s.model.Compute(in)
+	}
+	changed, changedAll := s.model.Changed()
 	if !slices.Equal(warnings, s.lastWarnings) {
 		for _, w := range warnings {
 			s.log.Warn("object not fully used", "object", w.Object, "reason", w.Reason)
 		}
 		s.lastWarnings = warnings
 	}
+	adjusted := false
 	if s.opts.Adjuster != nil {
 		var next time.Time
+		before := state.Services
 		state, next = s.opts.Adjuster.Adjust(state, s.rec, time.Now())
 		s.wakeAt(next)
+		adjusted = len(state.Services) != len(before) ||
+			len(before) > 0 && &state.Services[0] != &before[0]
 	}
-	st, err := s.rec.Apply(state)
+	// What the Adjuster changed, now or in the last sync, is not in the
+	// model's list.
+	changedAll = changedAll || adjusted || s.adjusted
+	s.adjusted = adjusted
+	st, err := s.rec.ApplyChanged(state, changed, changedAll)
 	if s.opts.Adjuster != nil {
 		s.opts.Adjuster.Applied(err)
 	}
@@ -257,7 +308,7 @@ func (s *Syncer) syncOnce() error {
 	}
 	s.inSync.Store(true)
 	s.reportOverCapacity(st.OverCapacity)
-	s.keepFacts(state, st.OverCapacity)
+	s.keepFacts(state, st.OverCapacity, adjusted)
 	if len(st.Departed) > 0 && s.opts.OnDeparted != nil {
 		s.opts.OnDeparted(st.Departed)
 	}
@@ -315,19 +366,67 @@ func (s *Syncer) Input() (lb.Input, bool) {
 		i := src.Input()
 		in.Services = append(in.Services, i.Services...)
 		in.EndpointSlices = append(in.EndpointSlices, i.EndpointSlices...)
-		// Node facts come from several sources (configuration, the
-		// Node object, netlink): each fills in what it knows.
-		if i.Node.Name != "" {
-			in.Node.Name = i.Node.Name
-		}
-		if i.Node.Zone != "" {
-			in.Node.Zone = i.Node.Zone
-		}
-		if i.Node.Addresses != nil {
-			in.Node.Addresses = i.Node.Addresses
-		}
+		mergeNode(&in.Node, i.Node)
 	}
 	return in, true
+}
+
+// mergeNode fills in what from knows of the node: node facts come from
+// several sources (configuration, the Node object, netlink).
+func mergeNode(into *lb.NodeInfo, from lb.NodeInfo) {
+	if from.Name != "" {
+		into.Name = from.Name
+	}
+	if from.Zone != "" {
+		into.Zone = from.Zone
+	}
+	if from.Addresses != nil {
+		into.Addresses = from.Addresses
+	}
+}
+
+// takeChanges drains the change trackers.
+func (s *Syncer) takeChanges() (keys []types.NamespacedName, all bool) {
+	for _, src := range s.sources {
+		if t, ok := src.(ChangeTracker); ok {
+			k, a := t.Changed()
+			keys = append(keys, k...)
+			all = all || a
+		}
+	}
+	return keys, all
+}
+
+// settings is the model's input without the objects of the change
+// trackers; tracked is false when another source has objects, which
+// then must all be read.
+func (s *Syncer) settings() (in lb.Input, tracked bool) {
+	in = lb.Input{Node: s.opts.Node, ServiceSelector: s.opts.ServiceSelector, Defaults: s.opts.Defaults}
+	tracked = true
+	for _, src := range s.sources {
+		if t, ok := src.(ChangeTracker); ok {
+			mergeNode(&in.Node, t.Node())
+			continue
+		}
+		i := src.Input()
+		if len(i.Services)+len(i.EndpointSlices) > 0 {
+			tracked = false
+		}
+		mergeNode(&in.Node, i.Node)
+	}
+	return in, tracked
+}
+
+// objects returns the change trackers' objects of key.
+func (s *Syncer) objects(key types.NamespacedName) (svcs []*corev1.Service, slices []*discoveryv1.EndpointSlice) {
+	for _, src := range s.sources {
+		if t, ok := src.(ChangeTracker); ok {
+			sv, sl := t.Objects(key)
+			svcs = append(svcs, sv...)
+			slices = append(slices, sl...)
+		}
+	}
+	return svcs, slices
 }
 
 // Facts returns what the last successful sync wrote besides the model's
@@ -340,13 +439,14 @@ func (s *Syncer) Facts() lb.Facts {
 	return lb.Facts{}
 }
 
-// keepFacts records the facts of a successful sync of state.
-func (s *Syncer) keepFacts(state lb.State, over []OverCapacity) {
+// keepFacts records the facts of a successful sync of state; only an
+// adjusted state has ejected members.
+func (s *Syncer) keepFacts(state lb.State, over []OverCapacity, adjusted bool) {
 	f := lb.Facts{OverCapacity: make(map[lb.Frontend]bool, len(over))}
 	for _, o := range over {
 		f.OverCapacity[lb.Frontend{Addr: o.Frontend.Addr, Port: o.Frontend.Port, Proto: lb.Proto(o.Frontend.Proto)}] = o.Stale
 	}
-	if s.opts.Adjuster != nil {
+	if adjusted {
 		for _, svc := range state.Services {
 			if len(svc.Ejected) > 0 {
 				if f.Ejected == nil {
