@@ -70,6 +70,21 @@ func (e *agentEnv) writeServices(t *testing.T, yaml string) {
 	}
 }
 
+// writeServicesSynced writes the file and waits until agent a loaded it
+// and synced after that, for a test whose next wait may hold as well
+// before the change as after it.
+func (e *agentEnv) writeServicesSynced(t *testing.T, a *testagent.Agent, yaml string) {
+	t.Helper()
+	const loaded = `msg="loaded file"`
+	before := strings.Count(a.Logs(), loaded)
+	e.writeServices(t, yaml)
+	await(t, "the agent loaded the new file and synced", func() bool {
+		logs := a.Logs()
+		return strings.Count(logs, loaded) > before &&
+			strings.Contains(logs[strings.LastIndex(logs, loaded):], `msg="maps synced"`)
+	})
+}
+
 func (e *agentEnv) agentCmd(args ...string) *exec.Cmd {
 	args = append(args, "--bpffs-path="+e.bpffs, "--cgroup-path="+e.cg.Path())
 	cmd := exec.Command(agentBin, args...)

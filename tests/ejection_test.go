@@ -423,7 +423,7 @@ func TestPrivilegedOutlierNeverRefusesAnOutage(t *testing.T) {
 	pods[0].start(t)
 	pods[1].start(t)
 	pods[2].start(t)
-	e.writeServices(t, outlierYAML(3, `socklb.io/outlier-detection: "false"`))
+	e.writeServicesSynced(t, a.Agent, outlierYAML(3, `socklb.io/outlier-detection: "false"`))
 	a.waitStatus(t, "nothing ejected with the annotation off", func(s agentStatusJSON) bool { return len(s.Ejected) == 0 })
 	await(t, "all 3 in the kernel", func() bool { return len(slotBackends(t, e.bpffs, webFE)) == 3 })
 	pods[1].kill(t)

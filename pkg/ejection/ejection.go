@@ -126,8 +126,8 @@ func (e *Ejector) take() []Report {
 	return out
 }
 
-// Ejected returns the backends ejected at the last sync. Safe for
-// concurrent use.
+// Ejected returns the backends that some Service left out at the last
+// sync. Safe for concurrent use.
 func (e *Ejector) Ejected() []Ejected {
 	if p := e.now.Load(); p != nil {
 		return *p
@@ -311,14 +311,22 @@ func (e *Ejector) publish(out lb.State, now time.Time) {
 			}
 		}
 	}
+	// A backend the detector holds but no Service leaves out now (its
+	// Services turned detection off, or left it) is not ejected from
+	// anything: listing it would tell the operator of an ejection the
+	// datapath does not make. The detector keeps it until forget, so
+	// that its ejection time runs on if a Service turns detection on.
 	list := make([]Ejected, 0, len(ejected))
 	for b, until := range ejected {
+		if len(bySvc[b]) == 0 {
+			continue
+		}
 		entry, _ := e.det.Entry(b)
 		list = append(list, Ejected{Backend: b, Until: until, Ejections: entry.Ejections, Services: bySvc[b]})
 	}
 	slices.SortFunc(list, func(a, b Ejected) int { return a.Backend.Compare(b.Backend) })
 	for _, p := range prev {
-		if _, still := ejected[p.Backend]; !still {
+		if !slices.ContainsFunc(list, func(n Ejected) bool { return n.Backend == p.Backend }) {
 			e.log.Info("ejected backend re-admitted", "backend", p.Backend.String(), "ejections", p.Ejections)
 		}
 	}

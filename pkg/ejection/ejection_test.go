@@ -169,6 +169,26 @@ func TestForgetsBackendsThatLeft(t *testing.T) {
 	}
 }
 
+// A Service that turns detection off takes its backends back at once, and
+// the ejection is no longer listed: nothing leaves the backend out. Its
+// ejection time runs on if detection comes back before it ends.
+func TestDetectionTurnedOffListsNothing(t *testing.T) {
+	e := started(Options{Config: outlier.DefaultConfig})
+	e.Report(Report{RevNAT: 1, Backend: 2})
+	if e.Adjust(state(3, nil), ids{}, t0); len(e.Ejected()) != 1 {
+		t.Fatalf("ejected %+v, want backend 2", e.Ejected())
+	}
+	off := func(s *lb.Service) { s.OutlierDetection = false }
+	out, _ := e.Adjust(state(3, off), ids{}, t0.Add(time.Second))
+	if len(out.Services[0].Backends) != 3 || len(e.Ejected()) != 0 {
+		t.Errorf("detection off: %d backends, ejected %+v; want 3 and none", len(out.Services[0].Backends), e.Ejected())
+	}
+	out, _ = e.Adjust(state(3, nil), ids{}, t0.Add(2*time.Second))
+	if len(out.Services[0].Backends) != 2 || len(e.Ejected()) != 1 || len(e.Ejected()[0].Services) != 1 {
+		t.Errorf("detection back on within the ejection time: %d backends, ejected %+v; want 2 and backend 2", len(out.Services[0].Backends), e.Ejected())
+	}
+}
+
 // started is New after the first sync has been written.
 func started(opts Options) *Ejector {
 	e := New(opts)
