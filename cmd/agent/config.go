@@ -41,6 +41,7 @@ type Config struct {
 	ServiceSelector string
 	HealthAddr      string
 	MetricsAddr     string
+	PprofAddr       string
 	DestroyTCP      bool
 	LogFormat       string
 	LogLevel        slog.Level
@@ -111,10 +112,11 @@ func addFlags(f *pflag.FlagSet) {
 	f.String("service-selector", "", "only handle Services matching this label selector, e.g. 'env in (prod, qa), tier notin (frontend)'")
 	f.String("health-addr", "127.0.0.1:9811", "address of /healthz and /readyz; empty disables")
 	f.String("metrics-addr", "127.0.0.1:9810", "address of the Prometheus /metrics endpoint; empty disables")
+	f.String("pprof-addr", "", "address of Go's /debug/pprof profiles, for profiling the agent; empty (the default) disables")
 	f.Bool("destroy-tcp", false, "also destroy TCP sockets connected to a backend that left its service (UDP ones always are)")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
-	f.Duration("min-sync-interval", time.Second/10, "minimum time between two map syncs (bursts of changes collapse)")
+	f.Duration("min-sync-interval", 10*time.Millisecond, "minimum time between two map syncs (bursts of changes collapse)")
 	f.Int("sync-burst", 2, "syncs allowed back to back before min-sync-interval applies")
 	f.Uint32("service-map-entries", 524288, "entries of the service map: frontends plus backend slots, double-buffered (1024 to 16777216)")
 	f.Uint32("backend-map-entries", 262144, "entries of the backend map (1024 to 16777216)")
@@ -155,6 +157,7 @@ var rules = map[string]func(v *viper.Viper, key string) error{
 	"bypass-pod-selector":       bypassSelector,
 	"health-addr":               hostPort,
 	"metrics-addr":              hostPort,
+	"pprof-addr":                hostPort,
 	"log-format": func(v *viper.Viper, key string) error {
 		if s := v.GetString(key); s != "text" && s != "json" {
 			return errors.New("want text or json")
@@ -429,6 +432,7 @@ func loadConfig(v *viper.Viper) (Config, error) {
 		BypassPods:          v.GetString("bypass-pod-selector"),
 		HealthAddr:          v.GetString("health-addr"),
 		MetricsAddr:         v.GetString("metrics-addr"),
+		PprofAddr:           v.GetString("pprof-addr"),
 		ServiceSelector:     v.GetString("service-selector"),
 		DestroyTCP:          v.GetBool("destroy-tcp"),
 		LogFormat:           v.GetString("log-format"),

@@ -138,6 +138,7 @@ var outOfRange = []struct{ key, value, want string }{
 	{"bpffs-path", "", "empty"},
 	{"health-addr", "localhost", "want host:port"},
 	{"metrics-addr", "127.0.0.1:http", "want a number"},
+	{"pprof-addr", "localhost", "missing port"},
 	{"service-selector", "env in (a", "selector"},
 }
 
@@ -316,6 +317,7 @@ func TestFinding9EveryFlagReachesConfig(t *testing.T) {
 		"service-selector": {value: "env in (prod, qa)", get: func(c Config) any { return c.ServiceSelector }, want: "env in (prod, qa)"},
 		"health-addr":      {value: "127.0.0.1:19811", get: func(c Config) any { return c.HealthAddr }, want: "127.0.0.1:19811"},
 		"metrics-addr":     {value: "[::1]:19810", get: func(c Config) any { return c.MetricsAddr }, want: "[::1]:19810"},
+		"pprof-addr":       {value: "127.0.0.1:6060", get: func(c Config) any { return c.PprofAddr }, want: "127.0.0.1:6060"},
 		"destroy-tcp":      {value: "true", get: func(c Config) any { return c.DestroyTCP }, want: true},
 		"log-format":       {value: "json", get: func(c Config) any { return c.LogFormat }, want: "json"},
 		"log-level":        {value: "debug", get: func(c Config) any { return c.LogLevel }, want: slog.LevelDebug},

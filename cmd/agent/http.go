@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,19 @@ func metricsHandler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
 		// Two scrapes at once would walk the maps twice for nothing.
 		MaxRequestsInFlight: 1,
 	}))
+	return mux
+}
+
+// pprofHandler serves Go's profiles under /debug/pprof/, on a mux of its
+// own: the package's init registers them on http.DefaultServeMux, which
+// the agent does not serve.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

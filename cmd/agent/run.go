@@ -201,6 +201,9 @@ func run(ctx context.Context, c Config, cmd *cobra.Command) error {
 	if c.MetricsAddr != "" {
 		g.Go(func() error { return serveHTTP(ctx, "metrics", c.MetricsAddr, metricsHandler(reg, log), log) })
 	}
+	if c.PprofAddr != "" {
+		g.Go(func() error { return serveHTTP(ctx, "pprof", c.PprofAddr, pprofHandler(), log) })
+	}
 	err = g.Wait()
 	log.Info("socklb agent stopped; the datapath stays attached until `socklb-agent cleanup`")
 	return err

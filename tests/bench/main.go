@@ -43,6 +43,17 @@ type config struct {
 	command    string // how to rerun this, for the report
 	peers      []string
 	backend    kubeproxy.Backend // iptables flavour for kube-proxy-iptables
+	// churnAt is the size at which the churn phase runs (0: none):
+	// churnRate EndpointSlice updates per second for churnFor.
+	churnAt   int
+	churnRate int
+	churnFor  time.Duration
+	// idleFor is how long socklb's idle CPU is measured at the largest
+	// size (0: not measured).
+	idleFor time.Duration
+	// profileDir, if set, receives CPU profiles of socklb's agent
+	// during the churn and idle phases.
+	profileDir string
 	outDir     string
 	agentBin   string
 }
@@ -66,6 +77,11 @@ func run() (err error) {
 	sizes := flag.String("sizes", "", "comma-separated Service counts instead of the default ones (for development)")
 	peers := flag.String("peers", strings.Join(allPeers, ","), "comma-separated peers to measure (for development)")
 	backend := flag.String("iptables-backend", string(kubeproxy.BackendLegacy), "iptables flavour for kube-proxy in iptables mode: legacy or nft")
+	flag.IntVar(&c.churnAt, "churn", 0, "also run the churn phase at this many Services (one of the sizes; e.g. 10000)")
+	flag.IntVar(&c.churnRate, "churn-rate", 50, "EndpointSlice updates per second in the churn phase")
+	flag.DurationVar(&c.churnFor, "churn-for", time.Minute, "how long the churn phase runs for each peer")
+	flag.StringVar(&c.profileDir, "profile", "", "write CPU profiles of socklb's agent during the churn and idle phases into this directory")
+	flag.DurationVar(&c.idleFor, "idle", 0, "measure socklb's CPU at rest for this long at the largest size (e.g. 5m)")
 	flag.Parse()
 	c.endpoints, c.parallel = 10, 2
 	if c.quick {
@@ -85,6 +101,12 @@ func run() (err error) {
 			}
 			c.sizes = append(c.sizes, n)
 		}
+	}
+	if c.churnAt > 0 && !slices.Contains(append(slices.Clone(c.sizes), c.socklbOnly...), c.churnAt) {
+		return fmt.Errorf("--churn=%d: not one of the sizes measured", c.churnAt)
+	}
+	if c.churnRate < 1 || c.churnRate > 1000 || c.churnFor < 0 || c.idleFor < 0 {
+		return errors.New("--churn-rate wants 1 to 1000 per second, --churn-for and --idle a duration ≥ 0")
 	}
 	for _, p := range strings.Split(*peers, ",") {
 		if p = strings.TrimSpace(p); !slices.Contains(allPeers, p) {

@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/socklb/socklb/internal/sandbox"
 	"github.com/socklb/socklb/internal/testagent"
@@ -46,6 +47,8 @@ const (
 	firstPodPort = 20000
 	podPorts     = 100
 	changeGap    = 150 * time.Millisecond
+	// loadWriters create the Services in parallel.
+	loadWriters = 64
 )
 
 // Results is everything one run measured.
@@ -74,7 +77,22 @@ type Row struct {
 	ChangeP99Ms     float64 `json:"changeP99ms,omitempty"`
 	RSSMiB          float64 `json:"rssMiB,omitempty"`
 	BPFNsPerConnect float64 `json:"bpfNsPerConnect,omitempty"`
-	Error           string  `json:"error,omitempty"`
+	// The churn phase, at one size: the churn's updates per second
+	// reached, the CPU seconds the peer used, the updates the API server
+	// refused, and the prober's updates and the change latency they
+	// measured meanwhile.
+	ChurnUpdatesPerSec float64 `json:"churnUpdatesPerSec,omitempty"`
+	ChurnCPUSec        float64 `json:"churnCPUSec,omitempty"`
+	ChurnFailed        int     `json:"churnFailedUpdates,omitempty"`
+	ChurnProbes        int     `json:"churnProbes,omitempty"`
+	ChurnSeconds       float64 `json:"churnSeconds,omitempty"`
+	ChurnChangeP50Ms   float64 `json:"churnChangeP50ms,omitempty"`
+	ChurnChangeP99Ms   float64 `json:"churnChangeP99ms,omitempty"`
+	// IdleCPUPercent is the share of one core used over IdleSeconds
+	// with nothing changing.
+	IdleCPUPercent float64 `json:"idleCPUPercent,omitempty"`
+	IdleSeconds    float64 `json:"idleSeconds,omitempty"`
+	Error          string  `json:"error,omitempty"`
 }
 
 // world is the run's cluster, backends and Services.
@@ -116,7 +134,9 @@ func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*R
 		ClientBurst:              10000,
 	})
 	cfg := rest.CopyConfig(w.c.RESTConfig)
-	cfg.QPS, cfg.Burst = 5000, 10000
+	// No client-side rate limit: the loader's writers and the churn go
+	// as fast as the API server takes them.
+	cfg.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 	if w.client, err = kubernetes.NewForConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -127,11 +147,17 @@ func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*R
 	all := append(slices.Clone(c.sizes), c.socklbOnly...)
 	for _, n := range all {
 		log.Info("loading services", "services", n, "endpoints_each", c.endpoints)
-		start := time.Now()
+		start, from := time.Now(), len(w.vips)
 		if err := w.ensureServices(ctx, n); err != nil {
 			return nil, err
 		}
-		log.Info("services loaded", "services", n, "took", time.Since(start).Round(time.Millisecond))
+		took := time.Since(start)
+		if created := n - from; created > 0 {
+			rate := float64(2*created) / took.Seconds()
+			log.Info("services loaded", "services", n, "took", took.Round(time.Millisecond), "objects_per_s", int(rate))
+			res.Notes = append(res.Notes, fmt.Sprintf("loading %d Services and their EndpointSlices (%d → %d) took %s: %.0f objects/s (%d writers, no client-side rate limit)",
+				created, from, n, took.Round(time.Second), rate, loadWriters))
+		}
 		peers := c.peers
 		if slices.Contains(c.socklbOnly, n) {
 			peers = slices.DeleteFunc(slices.Clone(peers), func(p string) bool { return strings.HasPrefix(p, "kube-proxy-") })
@@ -210,7 +236,7 @@ func (w *world) ensureServices(ctx context.Context, n int) error {
 	jobs := make(chan int)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
-	for range 32 {
+	for range loadWriters {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -325,6 +351,10 @@ func (w *world) socklb(ctx context.Context, row *Row, targets []string, bulk str
 	defer rmFS()
 	pins := filepath.Join(fs, "socklb")
 	args := []string{"--bpffs-path=" + pins, "--cgroup-path=" + cg.Path()}
+	runArgs := []string{"--service-map-entries=" + strconv.Itoa(serviceMapEntries(len(targets), w.cfg.endpoints))}
+	if w.cfg.profileDir != "" {
+		runArgs = append(runArgs, "--pprof-addr=127.0.0.1:0")
+	}
 	defer func() {
 		if out, err := exec.Command(w.cfg.agentBin, append([]string{"cleanup"}, args...)...).CombinedOutput(); err != nil {
 			w.log.Error("agent cleanup", "error", err, "output", string(out))
@@ -338,8 +368,8 @@ func (w *world) socklb(ctx context.Context, row *Row, targets []string, bulk str
 	defer restore()
 
 	start := time.Now()
-	agent := testagent.Start(w.tb, exec.Command(w.cfg.agentBin, append([]string{"run", "--source=kubernetes",
-		"--kubeconfig=" + w.c.Kubeconfig, "--node-name=" + nodeName, "--health-addr="}, args...)...), w.c.NS)
+	agent := testagent.Start(w.tb, exec.Command(w.cfg.agentBin, slices.Concat([]string{"run", "--source=kubernetes",
+		"--kubeconfig=" + w.c.Kubeconfig, "--node-name=" + nodeName, "--health-addr="}, runArgs, args)...), w.c.NS)
 	defer agent.Kill(syscall.SIGTERM)
 	w.waitServing(targets, 3*time.Minute)
 	row.ColdStartMs = ms(time.Since(start))
@@ -361,6 +391,31 @@ func (w *world) socklb(ctx context.Context, row *Row, targets []string, bulk str
 	}
 	w.changeLatency(ctx, row)
 	row.RSSMiB = rssMiB(agent.Cmd.Process.Pid)
+	pprof := ""
+	if m := pprofLine.FindStringSubmatch(agent.Logs()); m != nil {
+		pprof = m[1]
+	}
+	if w.cfg.churnAt == len(targets) {
+		w.churn(ctx, row, agent.Cmd.Process.Pid, len(targets), pprof)
+	}
+	if w.cfg.idleFor > 0 && len(targets) == w.largest() {
+		w.idle(ctx, row, agent.Cmd.Process.Pid, pprof)
+	}
+}
+
+var pprofLine = regexp.MustCompile(`msg="pprof endpoint listening" addr=(\S+)`)
+
+// serviceMapEntries sizes socklb's service map for n Services of k
+// endpoints: an entry per frontend and per slot, with room to republish
+// the largest frontend, at least the agent's default. The compiled default
+// (524 288) holds some 47 000 such Services.
+func serviceMapEntries(n, k int) int {
+	return max(524288, (n+1)*(k+1)+4096)
+}
+
+// largest is the largest size of the run.
+func (w *world) largest() int {
+	return slices.Max(append(slices.Clone(w.cfg.sizes), w.cfg.socklbOnly...))
 }
 
 func (w *world) kubeProxy(ctx context.Context, row *Row, mode kubeproxy.Mode, targets []string, bulk string) {
@@ -384,6 +439,9 @@ func (w *world) kubeProxy(ctx context.Context, row *Row, mode kubeproxy.Mode, ta
 	w.changeLatency(ctx, row)
 	if rss, err := p.RSS(); err == nil {
 		row.RSSMiB = float64(rss) / (1 << 20)
+	}
+	if w.cfg.churnAt == len(targets) {
+		w.churn(ctx, row, p.PID, len(targets), "")
 	}
 }
 

@@ -75,6 +75,16 @@ EndpointSlice update accepted by the API server → the first connection that
 shows it, alternating a random Service between a marker pod and its 10 pods,
 changes 150 ms apart so each is measured alone (kube-proxy's own minimum
 sync interval, 1 s by default, still applies to it).
+Churn (` + "`--churn=N`" + `, at one of the sizes): for ` + "`--churn-for`" + ` (1 minute),
+` + "`--churn-rate`" + ` (50) EndpointSlice updates per second, each giving a random
+Service a random half of its pods (endpoints added and removed), while a
+prober measures the change latency as above on 20 Services the churn leaves
+alone; CPU is the peer's user + system time from /proc (kube-proxy's with the
+iptables-restore and nft children it waited for). Idle (` + "`--idle=D`" + `): socklb's
+CPU over D at the largest size with nothing changing, its periodic full
+reconciliation included. The Services are created by 64 parallel writers
+with no client-side rate limit (the notes give the rate reached); socklb's
+service map is sized for the largest N (` + "`--service-map-entries`" + `).
 BPF cost: run time per call of socklb's connect4 program, from the kernel's
 BPF statistics (BPF_ENABLE_STATS) during the short-connection run.
 Figures on a shared 2-core machine are noisy; compare peers within a run,
@@ -125,6 +135,45 @@ func writeTables(w io.Writer, res *Results) {
 		}
 	}
 	tw.Flush()
+	writeChurn(w, res)
+}
+
+// writeChurn prints the churn phase and the idle cost, where measured.
+func writeChurn(w io.Writer, res *Results) {
+	var socklb *Row
+	churned := false
+	for i, r := range res.Rows {
+		if r.ChurnProbes > 0 {
+			churned = true
+			if r.Peer == "socklb" {
+				socklb = &res.Rows[i]
+			}
+		}
+	}
+	if churned {
+		fmt.Fprintln(w, "\nChurn: EndpointSlice updates of random Services while a prober measures the change latency")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "services\tpeer\tupdates/s\tfailed\tCPU s\tCPU % of a core\tsocklb CPU vs this\tprobes\tchange p50 ms\tchange p99 ms\t")
+		for _, r := range res.Rows {
+			if r.ChurnProbes == 0 {
+				continue
+			}
+			vs := "-"
+			if socklb != nil && socklb.Services == r.Services && r.ChurnCPUSec > 0 {
+				vs = fmt.Sprintf("%.3f×", socklb.ChurnCPUSec/r.ChurnCPUSec)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%.1f\t%d\t%.2f\t%.1f\t%s\t%d\t%.1f\t%.1f\t\n", r.Services, r.Peer,
+				r.ChurnUpdatesPerSec, r.ChurnFailed, r.ChurnCPUSec, 100*r.ChurnCPUSec/r.ChurnSeconds,
+				vs, r.ChurnProbes, r.ChurnChangeP50Ms, r.ChurnChangeP99Ms)
+		}
+		tw.Flush()
+	}
+	for _, r := range res.Rows {
+		if r.IdleSeconds > 0 {
+			fmt.Fprintf(w, "\nIdle: %s at %d Services, nothing changing, over %.0f s: %.2f %% of a core\n",
+				r.Peer, r.Services, r.IdleSeconds, r.IdleCPUPercent)
+		}
+	}
 }
 
 func ratio(a, b float64) string {

@@ -28,13 +28,20 @@ func (w *world) waitServing(targets []string, timeout time.Duration) {
 		sample = append(sample, targets[rand.IntN(len(targets))])
 	}
 	deadline := time.Now().Add(timeout)
-	for _, t := range sample {
+	for i, t := range sample {
 		for {
 			if _, err := askOnce(w.c.NS, t, 300*time.Millisecond); err == nil {
 				break
 			}
 			if time.Now().After(deadline) {
-				w.tb.Fatalf("%s never answered within %s", t, timeout)
+				// How far the peer got: those not asked yet are asked once.
+				answered := i
+				for _, u := range sample[i+1:] {
+					if _, err := askOnce(w.c.NS, u, 300*time.Millisecond); err == nil {
+						answered++
+					}
+				}
+				w.tb.Fatalf("%d of %d sampled Services answered within %s (%s did not)", answered, len(sample), timeout, t)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
