@@ -108,9 +108,7 @@ func MapUsage(m *socklb.BpfMaps) ([]Usage, error) {
 		{m.SocklbSvcV3, countBatch[socklb.BpfSvcKey, socklb.BpfSvcValue]},
 		{m.SocklbBeV3, countBatch[uint32, socklb.BpfBackend]},
 		{m.SocklbMembV3, countBatch[socklb.BpfSvcMember, uint8]},
-		// Per-CPU values do not batch as plain slices; this map has one
-		// entry per frontend, not per backend slot.
-		{m.SocklbCntV3, countKeys},
+		{m.SocklbCntV3, countPerCPU},
 		{m.SocklbNameV3, countBatch[uint32, socklb.BpfSvcName]},
 		{m.SocklbAffV3, countBatch[socklb.BpfAffinityKey, socklb.BpfAffinityValue]},
 		{m.SocklbGoneV3, countBatch[socklb.BpfDeparture, uint8]},
@@ -142,42 +140,19 @@ func MapUsage(m *socklb.BpfMaps) ([]Usage, error) {
 const batchSize = 4096
 
 func countBatch[K, V any](m *ebpf.Map) (int, error) {
-	keys, values := make([]K, batchSize), make([]V, batchSize)
-	var (
-		cursor ebpf.MapBatchCursor
-		n      int
-	)
-	for n <= int(m.MaxEntries()) {
-		got, err := m.BatchLookup(&cursor, keys, values, nil)
-		n += got
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	n := 0
+	err := readBatches(m, 1, func(keys []K, _ []V) { n += len(keys) })
+	return n, err
 }
 
-func countKeys(m *ebpf.Map) (int, error) {
-	limit := int(m.MaxEntries())
-	// An untyped nil asks for the first key; a nil []byte would be
-	// marshalled as an empty key.
-	var (
-		key any
-		n   int
-	)
-	for n < limit {
-		next, err := m.NextKeyBytes(key)
-		if err != nil {
-			return n, err
-		}
-		if next == nil {
-			break
-		}
-		key = next
-		n++
+// countPerCPU counts a per-CPU map's keys: its batches carry every
+// CPU's value of each key.
+func countPerCPU(m *ebpf.Map) (int, error) {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return 0, err
 	}
-	return n, nil
+	n := 0
+	err = readBatches(m, cpus, func(ids []uint32, _ []socklb.BpfSvcCounters) { n += len(ids) })
+	return n, err
 }
