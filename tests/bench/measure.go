@@ -47,34 +47,41 @@ const (
 	firstPodPort = 20000
 	podPorts     = 100
 	changeGap    = 150 * time.Millisecond
+	// changeBudget bounds one peer's change phase.
+	changeBudget = 5 * time.Minute
 	// loadWriters create the Services in parallel.
 	loadWriters = 64
 )
 
 // Results is everything one run measured.
 type Results struct {
-	Date    string   `json:"date"`
-	Machine string   `json:"machine"`
-	Kernel  string   `json:"kernel"`
-	Command string   `json:"command"`
-	Took    string   `json:"took"`
-	Rows    []Row    `json:"rows"`
-	Notes   []string `json:"notes"`
+	Date    string `json:"date"`
+	Machine string `json:"machine"`
+	Kernel  string `json:"kernel"`
+	Command string `json:"command"`
+	Took    string `json:"took"`
+	// ChangesAsked is how many changes each peer's change phase makes.
+	ChangesAsked int      `json:"changesAsked"`
+	Rows         []Row    `json:"rows"`
+	Notes        []string `json:"notes"`
 }
 
 // Row is one peer at one number of services. Zero means not measured.
 type Row struct {
-	Services        int     `json:"services"`
-	Peer            string  `json:"peer"`
-	ConnPerSec      float64 `json:"connPerSec"`
-	P50us           float64 `json:"p50us"`
-	P99us           float64 `json:"p99us"`
-	Failed          int     `json:"failedConnects"`
-	BulkMBps        float64 `json:"bulkMBps"`
-	ColdStartMs     float64 `json:"coldStartMs,omitempty"`
-	AgentSyncMs     float64 `json:"agentSyncMs,omitempty"`
-	ChangeP50Ms     float64 `json:"changeP50ms,omitempty"`
-	ChangeP99Ms     float64 `json:"changeP99ms,omitempty"`
+	Services    int     `json:"services"`
+	Peer        string  `json:"peer"`
+	ConnPerSec  float64 `json:"connPerSec"`
+	P50us       float64 `json:"p50us"`
+	P99us       float64 `json:"p99us"`
+	Failed      int     `json:"failedConnects"`
+	BulkMBps    float64 `json:"bulkMBps"`
+	ColdStartMs float64 `json:"coldStartMs,omitempty"`
+	AgentSyncMs float64 `json:"agentSyncMs,omitempty"`
+	ChangeP50Ms float64 `json:"changeP50ms,omitempty"`
+	ChangeP99Ms float64 `json:"changeP99ms,omitempty"`
+	// Changes is how many changes the percentiles are of: fewer than
+	// asked for when a slow peer ran out of the phase's time budget.
+	Changes         int     `json:"changes,omitempty"`
 	RSSMiB          float64 `json:"rssMiB,omitempty"`
 	BPFNsPerConnect float64 `json:"bpfNsPerConnect,omitempty"`
 	// The churn phase, at one size: the churn's updates per second
@@ -121,6 +128,8 @@ func measure(ctx context.Context, tb *programTB, c config, log *slog.Logger) (*R
 		Machine: machine(),
 		Kernel:  kernel(),
 		Command: c.command,
+
+		ChangesAsked: c.changes,
 	}
 	w := &world{tb: tb, cfg: c, log: log}
 	log.Info("starting etcd and kube-apiserver in a private network namespace")

@@ -136,6 +136,7 @@ func writeTables(w io.Writer, res *Results) {
 	}
 	tw.Flush()
 	writeChurn(w, res)
+	writeTargets(w, res)
 }
 
 // writeChurn prints the churn phase and the idle cost, where measured.
