@@ -15,7 +15,7 @@ import (
 // last Apply left nothing to catch up on (no reread due, no frontend
 // without room); else, and with all, it is Apply.
 func (r *Reconciler) ApplyChanged(desired lb.State, changed []lb.Frontend, all bool) (Stats, error) {
-	if all || !r.restored || !r.complete || r.overs > 0 {
+	if all || !r.restored || r.verify || !r.complete || r.overs > 0 {
 		return r.Apply(desired)
 	}
 	next, idx, skipped, ok := r.diffChanged(desired.Services, changed)

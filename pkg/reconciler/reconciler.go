@@ -84,10 +84,14 @@ type Reconciler struct {
 	nextBackend maps.BackendID
 	nextRevNAT  maps.RevNATID
 
-	// restored is false until bookkeeping matches the maps: at start,
-	// after any failed write, and when a reconciliation is due, the next
-	// Apply first rereads the maps.
+	// restored is false until bookkeeping matches the maps: at start and
+	// after any failed write the next Apply first rebuilds it from the
+	// maps.
 	restored bool
+	// verify: a reconciliation is due; the next Apply rereads the maps
+	// and compares them with the bookkeeping, which it rebuilds only if
+	// they differ.
+	verify bool
 	// reread is set once bookkeeping was restored before: the next
 	// Restore compares what it reads with it and reports the drift.
 	reread bool
@@ -144,7 +148,7 @@ func (r *Reconciler) Programmed() (frontends, backends int) {
 
 // Reconcile makes the next Apply reread the maps, compare them with what
 // was written and repair what differs (periodic full reconciliation).
-func (r *Reconciler) Reconcile() { r.restored = false }
+func (r *Reconciler) Reconcile() { r.verify = true }
 
 // Restore rebuilds the bookkeeping from the maps, so that a restarted agent
 // keeps ids stable and rewrites only what changed while it was away. A
@@ -183,6 +187,15 @@ func (r *Reconciler) restore() (Drift, error) {
 		}
 	}
 	drift.StrayEntries = pruned
+	verifying := r.restored && r.verify
+	r.verify = false
+	if verifying && drift.Total() == 0 {
+		// The maps hold what the bookkeeping (trusted: no write failed
+		// since it was built) says: rebuilding it would only make the
+		// next Apply plan every frontend again.
+		r.log.Debug("maps read back: no drift", "services", len(svcs), "backends", len(bes), "cluster_ips", len(vips))
+		return drift, nil
+	}
 	r.services = make(map[maps.Frontend]written, len(svcs))
 	r.backends = make(map[maps.Backend]maps.BackendID, len(bes))
 	r.ids = make(map[maps.BackendID]maps.Backend, len(bes))
@@ -289,7 +302,7 @@ func (r *Reconciler) count() {
 // sorted first, and of a frontend listed twice the last listing wins.
 func (r *Reconciler) Apply(desired lb.State) (Stats, error) {
 	var drift Drift
-	if !r.restored {
+	if !r.restored || r.verify {
 		var err error
 		if drift, err = r.restore(); err != nil {
 			return Stats{}, err

@@ -408,7 +408,8 @@ func randomState(rng *rand.Rand, prev lb.State) lb.State {
 }
 
 // TestIncrementalAppliesMatchAFreshApply applies a long random sequence of
-// states to one reconciler, failing a random write now and then, and
+// states to one reconciler, failing a random write now and then and
+// reconciling now and then, and
 // checks after every sync that its maps serve what a fresh reconciler's
 // maps serve for the same state.
 func TestIncrementalAppliesMatchAFreshApply(t *testing.T) {
@@ -438,6 +439,11 @@ func TestIncrementalAppliesMatchAFreshApply(t *testing.T) {
 					t.Fatalf("seed %d step %d: %v", seed, step, err)
 				}
 				faulty.SetFail(nil)
+			}
+			if rng.IntN(4) == 0 {
+				// A periodic reconciliation, also right after a failed
+				// write: the bookkeeping is then not to be trusted.
+				r.Reconcile()
 			}
 			stats, err := r.Apply(st)
 			if err != nil {

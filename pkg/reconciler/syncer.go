@@ -96,8 +96,10 @@ type Syncer struct {
 	inSync atomic.Bool
 	// reconcileDue asks the next sync for a full reconciliation.
 	reconcileDue atomic.Bool
-	over         atomic.Pointer[[]OverCapacity]
-	facts        atomic.Pointer[lb.Facts]
+	// rereadTook is how long the last full reconciliation took (ns).
+	rereadTook atomic.Int64
+	over       atomic.Pointer[[]OverCapacity]
+	facts      atomic.Pointer[lb.Facts]
 
 	lastWarnings []lb.Warning
 	lastOver     []OverCapacity
@@ -198,19 +200,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}()
 	s.Trigger()
 	if s.opts.ReconcileInterval > 0 {
-		go func() {
-			t := time.NewTicker(s.opts.ReconcileInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					s.reconcileDue.Store(true)
-					s.Trigger()
-				}
-			}
-		}()
+		go s.reconcileEvery(ctx)
 	}
 	for {
 		key, quit := s.queue.Get()
@@ -295,6 +285,9 @@ func (s *Syncer) syncOnce() error {
 	if s.opts.OnSync != nil {
 		s.opts.OnSync(time.Since(start), st, err)
 	}
+	if due {
+		s.rereadTook.Store(int64(time.Since(start)))
+	}
 	if d := st.Drift; d.Total() > 0 {
 		s.log.Warn("the maps differed from what the agent wrote; repairing", "drift", d.String(),
 			"repaired", err == nil)
@@ -323,6 +316,43 @@ func (s *Syncer) syncOnce() error {
 			"backends_removed", st.BackendsRemoved, "skipped", st.Skipped)
 	}
 	return nil
+}
+
+// maxReconcileShare is the most of a core the periodic full
+// reconciliations may use: after one that took d, the next waits at least
+// d / maxReconcileShare, however short ReconcileInterval is. Reading back
+// the maps of 100 000 Services takes seconds, and once a minute that
+// would cost more than the rest of an idle agent.
+const maxReconcileShare = 0.01
+
+// reconcileWait is the time until the next full reconciliation, after one
+// that took took.
+func reconcileWait(interval, took time.Duration) time.Duration {
+	return max(interval, time.Duration(float64(took)/maxReconcileShare))
+}
+
+// reconcileEvery asks for a full reconciliation every ReconcileInterval,
+// or less often when they are slow (maxReconcileShare).
+func (s *Syncer) reconcileEvery(ctx context.Context) {
+	stretched := false
+	for {
+		wait := reconcileWait(s.opts.ReconcileInterval, time.Duration(s.rereadTook.Load()))
+		if now := wait > s.opts.ReconcileInterval; now != stretched {
+			stretched = now
+			s.log.Info("full reconciliations spaced to stay under their share of a core",
+				"interval", wait.Round(time.Second), "configured", s.opts.ReconcileInterval,
+				"last_took", time.Duration(s.rereadTook.Load()).Round(time.Millisecond), "share", maxReconcileShare)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+			s.reconcileDue.Store(true)
+			s.Trigger()
+		}
+	}
 }
 
 // reportOverCapacity logs the frontends without room when that list

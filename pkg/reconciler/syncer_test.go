@@ -240,3 +240,19 @@ func TestSyncerLimitsUrgentSyncs(t *testing.T) {
 		t.Logf("%d syncs in %v of TriggerNow calls (limit %d)", n, elapsed, limit)
 	}
 }
+
+// TestReconcileWaitKeepsRereadsUnderTheirShare: full reconciliations come
+// every interval while they are quick, and no more than their share of a
+// core when they are slow.
+func TestReconcileWaitKeepsRereadsUnderTheirShare(t *testing.T) {
+	for _, tc := range []struct{ interval, took, want time.Duration }{
+		{time.Minute, 0, time.Minute},
+		{time.Minute, 300 * time.Millisecond, time.Minute},
+		{time.Minute, 3 * time.Second, 5 * time.Minute},
+		{time.Hour, 3 * time.Second, time.Hour},
+	} {
+		if got := reconcileWait(tc.interval, tc.took); got != tc.want {
+			t.Errorf("reconcileWait(%s, %s) = %s, want %s", tc.interval, tc.took, got, tc.want)
+		}
+	}
+}

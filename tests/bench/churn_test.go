@@ -20,3 +20,19 @@ func TestParseCPUSeconds(t *testing.T) {
 		}
 	}
 }
+
+func TestClusterIPsStayInTheRanges(t *testing.T) {
+	for _, tc := range []struct {
+		i    int
+		want string
+	}{
+		{0, "198.19.0.2"}, {253, "198.19.0.255"}, {254, "198.19.1.0"}, {65532, "198.19.255.254"},
+		{65533, "198.18.128.1"}, {65533 + 32765, "198.18.255.254"},
+		{65533 + 32766, "198.18.64.1"}, {65533 + 32766 + 16381, "198.18.127.254"},
+		{65533 + 32766 + 16382, ""},
+	} {
+		if got := clusterIP(tc.i); got != tc.want {
+			t.Errorf("clusterIP(%d) = %q, want %q", tc.i, got, tc.want)
+		}
+	}
+}

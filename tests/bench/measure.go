@@ -230,7 +230,7 @@ func (w *world) startBackends() {
 // EndpointSlice each (every pod as an endpoint) until there are n.
 func (w *world) ensureServices(ctx context.Context, n int) error {
 	if w.bulk == "" {
-		svc, _, err := w.createService(ctx, "bulk", []string{"198.18.0.1"}, bulkPort)
+		svc, _, err := w.createService(ctx, "bulk", clusterIP(0), []string{"198.18.0.1"}, bulkPort)
 		if err != nil {
 			return err
 		}
@@ -250,7 +250,7 @@ func (w *world) ensureServices(ctx context.Context, n int) error {
 		go func() {
 			defer wg.Done()
 			for i := range jobs {
-				svc, sl, err := w.createService(ctx, fmt.Sprintf("svc-%06d", i), w.pods, int32(firstPodPort+i%podPorts))
+				svc, sl, err := w.createService(ctx, fmt.Sprintf("svc-%06d", i), clusterIP(i+1), w.pods, int32(firstPodPort+i%podPorts))
 				if err != nil {
 					select {
 					case errs <- err:
@@ -276,10 +276,38 @@ func (w *world) ensureServices(ctx context.Context, n int) error {
 	}
 }
 
-func (w *world) createService(ctx context.Context, name string, pods []string, port int32) (*corev1.Service, *discoveryv1.EndpointSlice, error) {
+// serviceRanges are the run's Service CIDRs (see measure), each without
+// its network and broadcast address and the first one without .1 (the
+// kubernetes Service's).
+var serviceRanges = []struct {
+	first netip.Addr
+	size  int
+}{
+	{netip.MustParseAddr("198.19.0.2"), 1<<16 - 3},
+	{netip.MustParseAddr("198.18.128.1"), 1<<15 - 2},
+	{netip.MustParseAddr("198.18.64.1"), 1<<14 - 2},
+}
+
+// clusterIP is the i-th address of serviceRanges. The loader names each
+// Service's ClusterIP instead of letting the API server pick one: picking
+// slows down as a range fills (at 40 000 Services the API server created
+// 30 objects a second, one core busy).
+func clusterIP(i int) string {
+	for _, r := range serviceRanges {
+		if i < r.size {
+			a := r.first.As4()
+			v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) + uint32(i)
+			return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+		}
+		i -= r.size
+	}
+	return "" // beyond the ranges: the API server picks (and fails once all are used)
+}
+
+func (w *world) createService(ctx context.Context, name, ip string, pods []string, port int32) (*corev1.Service, *discoveryv1.EndpointSlice, error) {
 	svc, err := w.client.CoreV1().Services(benchNS).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: name},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{
+		Spec: corev1.ServiceSpec{ClusterIP: ip, Ports: []corev1.ServicePort{{
 			Name: "http", Port: 80, TargetPort: intstr.FromInt32(port), Protocol: corev1.ProtocolTCP,
 		}}},
 	}, metav1.CreateOptions{})
